@@ -1,0 +1,360 @@
+-- carebill billing core, PostgreSQL dialect. The SQLite twin lives in migrations/sqlite/ and
+-- must stay equivalent: same tables, same columns, same constraints, same triggers.
+--
+-- Conventions:
+--   * `id` is the public prefixed id (TEXT); `seq` is an identity used only for stable
+--     ordering and cursor pagination.
+--   * Amounts are BIGINT minor units, suffixed `_minor`; currencies are lowercase ISO 4217.
+--   * Timestamps are BIGINT microseconds since the Unix epoch, suffixed `_us`: one portable,
+--     indexable representation on both backends. Calendar dates are TEXT 'YYYY-MM-DD'.
+--   * Every money rule the code asserts is asserted here again (CHECKs and triggers), so a bug
+--     in the code is refused by the database instead of corrupting the books.
+
+-- API keys: the temporary access model of the core (the identity issue replaces it).
+-- Only a SHA-256 of the secret is stored: keys are 192-bit random, so a slow hash adds nothing.
+CREATE TABLE api_keys (
+    seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              TEXT NOT NULL UNIQUE,
+    secret_sha256   TEXT NOT NULL UNIQUE,
+    role            TEXT NOT NULL CHECK (role IN ('admin', 'billing_clerk', 'billing_manager', 'accountant')),
+    created_at_us   BIGINT NOT NULL,
+    last_used_at_us BIGINT,
+    revoked_at_us   BIGINT
+);
+
+-- The chart of accounts: one template row per account; ledger accounts are instantiated from it
+-- per currency (and, for the patient sub-ledgers, per patient).
+CREATE TABLE chart_of_accounts (
+    code        TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('asset', 'liability', 'revenue', 'contra_revenue', 'expense')),
+    normal_side TEXT NOT NULL CHECK (normal_side IN ('debit', 'credit')),
+    per_patient BOOLEAN NOT NULL
+);
+
+INSERT INTO chart_of_accounts (code, name, kind, normal_side, per_patient) VALUES
+    ('1000', 'Bank',                        'asset',          'debit',  FALSE),
+    ('1010', 'Processor clearing',          'asset',          'debit',  FALSE),
+    ('1100', 'Disputed funds',              'asset',          'debit',  FALSE),
+    ('1200', 'Patient receivables',         'asset',          'debit',  TRUE),
+    ('2100', 'Patient credit balances',     'liability',      'credit', TRUE),
+    ('2200', 'Refunds payable',             'liability',      'credit', FALSE),
+    ('4000', 'Patient services revenue',    'revenue',        'credit', FALSE),
+    ('4100', 'Insurance adjustments',       'contra_revenue', 'debit',  FALSE),
+    ('4200', 'Discounts',                   'contra_revenue', 'debit',  FALSE),
+    ('5100', 'Write-offs',                  'expense',        'debit',  FALSE),
+    ('5200', 'Processor fees',              'expense',        'debit',  FALSE);
+
+-- Patients. The health and contact fields are stored in clear here; the data-protection issue
+-- moves them to per-patient envelope encryption.
+CREATE TABLE patients (
+    seq            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id             TEXT NOT NULL UNIQUE,
+    name           TEXT NOT NULL,
+    date_of_birth  TEXT NOT NULL,
+    email          TEXT,
+    phone          TEXT,
+    address_json   TEXT,
+    mrn            TEXT,
+    created_at_us  BIGINT NOT NULL,
+    updated_at_us  BIGINT NOT NULL
+);
+
+-- Ledger accounts. `balance_minor` is signed (debits positive, credits negative) and is only
+-- ever moved by the posting trigger below, in the same transaction as the posting.
+CREATE TABLE accounts (
+    seq               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                TEXT NOT NULL UNIQUE,
+    code              TEXT NOT NULL REFERENCES chart_of_accounts (code),
+    currency          TEXT NOT NULL CHECK (currency IN ('usd','eur','gbp','cad','aud','chf','jpy','kwd','bhd')),
+    patient_id        TEXT REFERENCES patients (id),
+    balance_minor     BIGINT NOT NULL DEFAULT 0,
+    posting_count     BIGINT NOT NULL DEFAULT 0 CHECK (posting_count >= 0),
+    last_posted_at_us BIGINT NOT NULL DEFAULT 0,
+    created_at_us     BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX accounts_code_currency_patient ON accounts (code, currency, COALESCE(patient_id, ''));
+
+INSERT INTO accounts (id, code, currency, created_at_us)
+SELECT 'acct_' || c.code || '_' || cur.currency, c.code, cur.currency, 0
+FROM chart_of_accounts c
+CROSS JOIN (VALUES ('usd'),('eur'),('gbp'),('cad'),('aud'),('chf'),('jpy'),('kwd'),('bhd')) AS cur (currency)
+WHERE NOT c.per_patient;
+
+-- Journal entries: the header of a balanced set of postings. Immutable (triggers below).
+-- An entry is inserted *after* its postings (the postings' foreign key is deferred) so that the
+-- insert trigger can check, in one place, that the postings exist and balance per currency;
+-- a posting for an entry that already exists is refused, so a sealed entry stays balanced.
+CREATE TABLE journal_entries (
+    seq            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id             TEXT NOT NULL UNIQUE,
+    posted_at_us   BIGINT NOT NULL,
+    effective_date TEXT NOT NULL,
+    kind           TEXT NOT NULL CHECK (kind IN ('invoice_finalized', 'invoice_adjustment', 'payment_captured',
+                                                 'refund_succeeded', 'reversal')),
+    memo           TEXT NOT NULL,
+    posting_count  BIGINT NOT NULL CHECK (posting_count >= 2),
+    reverses_entry_id TEXT UNIQUE REFERENCES journal_entries (id),
+    patient_id     TEXT REFERENCES patients (id),
+    invoice_id     TEXT,
+    payment_id     TEXT,
+    refund_id      TEXT,
+    adjustment_id  TEXT,
+    CHECK ((kind = 'reversal') = (reverses_entry_id IS NOT NULL))
+);
+CREATE INDEX journal_entries_posted_at ON journal_entries (posted_at_us, seq);
+CREATE INDEX journal_entries_invoice ON journal_entries (invoice_id);
+
+-- Postings: one signed amount on one account. `account_seq` numbers the account's postings
+-- 1, 2, 3…; `balance_after_minor` is the account's running balance after this posting, so a
+-- point-in-time balance is a single indexed read.
+CREATE TABLE postings (
+    seq                 BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    entry_id            TEXT NOT NULL REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
+    account_id          TEXT NOT NULL REFERENCES accounts (id),
+    amount_minor        BIGINT NOT NULL CHECK (amount_minor <> 0),
+    currency            TEXT NOT NULL,
+    account_seq         BIGINT NOT NULL CHECK (account_seq >= 1),
+    balance_after_minor BIGINT NOT NULL,
+    posted_at_us        BIGINT NOT NULL,
+    UNIQUE (account_id, account_seq)
+);
+CREATE INDEX postings_entry ON postings (entry_id);
+CREATE INDEX postings_account_time ON postings (account_id, posted_at_us, account_seq);
+
+-- A posting must continue its account's chain exactly: same currency, next sequence number,
+-- running balance = previous balance + amount, time never going backwards; and its entry must
+-- not be sealed yet. Then the account's stored balance moves, in the same transaction.
+CREATE FUNCTION postings_before_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    acct accounts%ROWTYPE;
+BEGIN
+    IF EXISTS (SELECT 1 FROM journal_entries WHERE id = NEW.entry_id) THEN
+        RAISE EXCEPTION 'ledger: entry % is sealed; postings cannot be added', NEW.entry_id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT * INTO acct FROM accounts WHERE id = NEW.account_id;
+    IF acct.currency <> NEW.currency THEN
+        RAISE EXCEPTION 'ledger: posting currency differs from account currency'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.account_seq <> acct.posting_count + 1
+       OR NEW.balance_after_minor <> acct.balance_minor + NEW.amount_minor
+       OR NEW.posted_at_us < acct.last_posted_at_us THEN
+        RAISE EXCEPTION 'ledger: posting does not continue the running balance of %', NEW.account_id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER postings_before_insert BEFORE INSERT ON postings
+    FOR EACH ROW EXECUTE FUNCTION postings_before_insert();
+
+CREATE FUNCTION postings_after_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE accounts
+       SET balance_minor = NEW.balance_after_minor,
+           posting_count = NEW.account_seq,
+           last_posted_at_us = NEW.posted_at_us
+     WHERE id = NEW.account_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER postings_after_insert AFTER INSERT ON postings
+    FOR EACH ROW EXECUTE FUNCTION postings_after_insert();
+
+-- A stored balance can only ever equal the running balance of the account's last posting:
+-- an UPDATE that sets anything else (a hand-edited balance) is refused.
+CREATE FUNCTION accounts_before_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.balance_minor <> COALESCE((SELECT balance_after_minor FROM postings
+                                      WHERE account_id = NEW.id AND account_seq = NEW.posting_count), 0)
+       OR EXISTS (SELECT 1 FROM postings WHERE account_id = NEW.id AND account_seq > NEW.posting_count)
+       OR NEW.currency <> OLD.currency OR NEW.code <> OLD.code OR NEW.id <> OLD.id THEN
+        RAISE EXCEPTION 'ledger: account % balance must equal its last posting''s running balance', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER accounts_before_update BEFORE UPDATE ON accounts
+    FOR EACH ROW EXECUTE FUNCTION accounts_before_update();
+
+-- An entry seals its postings: there must be exactly `posting_count` of them, at least two,
+-- and they must sum to zero in every currency.
+CREATE FUNCTION journal_entries_before_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT COUNT(*) FROM postings WHERE entry_id = NEW.id) <> NEW.posting_count THEN
+        RAISE EXCEPTION 'ledger: entry % has a different number of postings than declared', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF EXISTS (SELECT 1 FROM postings WHERE entry_id = NEW.id
+               GROUP BY currency HAVING SUM(amount_minor) <> 0) THEN
+        RAISE EXCEPTION 'ledger: entry % does not balance', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER journal_entries_before_insert BEFORE INSERT ON journal_entries
+    FOR EACH ROW EXECUTE FUNCTION journal_entries_before_insert();
+
+-- The ledger is append-only: corrections are reversing entries, never edits.
+CREATE FUNCTION ledger_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'ledger: % rows are immutable; post a reversing entry instead', TG_TABLE_NAME
+        USING ERRCODE = 'check_violation';
+END $$;
+CREATE TRIGGER journal_entries_immutable BEFORE UPDATE OR DELETE ON journal_entries
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER postings_immutable BEFORE UPDATE OR DELETE ON postings
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER journal_entries_no_truncate BEFORE TRUNCATE ON journal_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER postings_no_truncate BEFORE TRUNCATE ON postings
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();
+
+-- Invoices. The amounts are a cache of the ledger facts, kept in the same transaction, and the
+-- CHECK below is the issue's invariant: due = charges - adjustments - payments + refunds.
+CREATE TABLE invoices (
+    seq                   BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                    TEXT NOT NULL UNIQUE,
+    patient_id            TEXT NOT NULL REFERENCES patients (id),
+    currency              TEXT NOT NULL,
+    status                TEXT NOT NULL CHECK (status IN ('draft', 'open', 'partially_paid', 'paid', 'void')),
+    due_date              TEXT NOT NULL,
+    total_minor           BIGINT NOT NULL CHECK (total_minor > 0),
+    amount_adjusted_minor BIGINT NOT NULL DEFAULT 0 CHECK (amount_adjusted_minor >= 0),
+    amount_paid_minor     BIGINT NOT NULL DEFAULT 0 CHECK (amount_paid_minor >= 0),
+    amount_refunded_minor BIGINT NOT NULL DEFAULT 0 CHECK (amount_refunded_minor >= 0 AND amount_refunded_minor <= amount_paid_minor),
+    amount_due_minor      BIGINT NOT NULL CHECK (amount_due_minor >= 0),
+    finalize_entry_id     TEXT REFERENCES journal_entries (id),
+    void_entry_id         TEXT REFERENCES journal_entries (id),
+    created_at_us         BIGINT NOT NULL,
+    finalized_at_us       BIGINT,
+    voided_at_us          BIGINT,
+    CHECK (amount_due_minor = CASE WHEN status = 'void' THEN 0
+           ELSE total_minor - amount_adjusted_minor - amount_paid_minor + amount_refunded_minor END),
+    CHECK ((status = 'draft') = (finalize_entry_id IS NULL AND voided_at_us IS NULL)
+           OR (status = 'void' AND finalize_entry_id IS NULL))
+);
+CREATE INDEX invoices_patient ON invoices (patient_id, seq);
+
+CREATE TABLE invoice_lines (
+    id                TEXT PRIMARY KEY,
+    invoice_id        TEXT NOT NULL REFERENCES invoices (id),
+    position          BIGINT NOT NULL,
+    service_date      TEXT NOT NULL,
+    code              TEXT NOT NULL,
+    description       TEXT NOT NULL,
+    quantity          BIGINT NOT NULL CHECK (quantity > 0),
+    unit_amount_minor BIGINT NOT NULL CHECK (unit_amount_minor > 0),
+    amount_minor      BIGINT NOT NULL CHECK (amount_minor = quantity * unit_amount_minor),
+    UNIQUE (invoice_id, position)
+);
+
+CREATE TABLE adjustments (
+    seq              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id               TEXT NOT NULL UNIQUE,
+    invoice_id       TEXT NOT NULL REFERENCES invoices (id),
+    kind             TEXT NOT NULL CHECK (kind IN ('insurance_adjustment', 'discount', 'write_off')),
+    amount_minor     BIGINT NOT NULL CHECK (amount_minor > 0),
+    currency         TEXT NOT NULL,
+    reason           TEXT NOT NULL,
+    journal_entry_id TEXT NOT NULL REFERENCES journal_entries (id),
+    created_at_us    BIGINT NOT NULL
+);
+CREATE INDEX adjustments_invoice ON adjustments (invoice_id);
+
+-- Payments. A payment is recorded before the processor is called (status 'pending' until the
+-- processor answers), so a crash in between leaves a row the retry completes.
+-- amount = applied to the invoice + credited to the patient's credit balance (overpayment).
+CREATE TABLE payments (
+    seq                      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                       TEXT NOT NULL UNIQUE,
+    patient_id               TEXT NOT NULL REFERENCES patients (id),
+    invoice_id               TEXT REFERENCES invoices (id),
+    currency                 TEXT NOT NULL,
+    amount_minor             BIGINT NOT NULL CHECK (amount_minor > 0),
+    status                   TEXT NOT NULL CHECK (status IN ('pending', 'processing', 'succeeded', 'failed')),
+    payment_method           TEXT NOT NULL,
+    processor_idempotency_key TEXT NOT NULL UNIQUE,
+    processor_charge_id      TEXT,
+    card_brand               TEXT,
+    card_last4               TEXT,
+    failure_code             TEXT,
+    failure_message          TEXT,
+    amount_applied_minor     BIGINT NOT NULL DEFAULT 0 CHECK (amount_applied_minor >= 0),
+    amount_credited_minor    BIGINT NOT NULL DEFAULT 0 CHECK (amount_credited_minor >= 0),
+    refunded_applied_minor   BIGINT NOT NULL DEFAULT 0 CHECK (refunded_applied_minor >= 0 AND refunded_applied_minor <= amount_applied_minor),
+    refunded_credited_minor  BIGINT NOT NULL DEFAULT 0 CHECK (refunded_credited_minor >= 0 AND refunded_credited_minor <= amount_credited_minor),
+    amount_refund_reserved_minor BIGINT NOT NULL DEFAULT 0 CHECK (amount_refund_reserved_minor >= 0),
+    journal_entry_id         TEXT REFERENCES journal_entries (id),
+    created_at_us            BIGINT NOT NULL,
+    updated_at_us            BIGINT NOT NULL,
+    CHECK (status <> 'succeeded' OR amount_applied_minor + amount_credited_minor = amount_minor),
+    CHECK (status = 'succeeded' OR (amount_applied_minor = 0 AND amount_credited_minor = 0)),
+    -- refunds (done and in flight) never exceed what was captured
+    CHECK (refunded_applied_minor + refunded_credited_minor + amount_refund_reserved_minor
+           <= CASE WHEN status = 'succeeded' THEN amount_minor ELSE 0 END)
+);
+CREATE INDEX payments_invoice ON payments (invoice_id);
+
+CREATE TABLE refunds (
+    seq                       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                        TEXT NOT NULL UNIQUE,
+    payment_id                TEXT NOT NULL REFERENCES payments (id),
+    currency                  TEXT NOT NULL,
+    amount_minor              BIGINT NOT NULL CHECK (amount_minor > 0),
+    status                    TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+    reason                    TEXT NOT NULL CHECK (reason IN ('duplicate', 'requested_by_patient', 'overpayment', 'billing_error')),
+    note                      TEXT,
+    processor_idempotency_key TEXT NOT NULL UNIQUE,
+    processor_refund_id       TEXT,
+    failure_code              TEXT,
+    -- how the refund split once it succeeded: first from the payment's credited (overpaid)
+    -- part, then from the part applied to the invoice (which re-opens that much of the bill)
+    applied_minor             BIGINT NOT NULL DEFAULT 0 CHECK (applied_minor >= 0),
+    credited_minor            BIGINT NOT NULL DEFAULT 0 CHECK (credited_minor >= 0),
+    journal_entry_id          TEXT REFERENCES journal_entries (id),
+    created_at_us             BIGINT NOT NULL,
+    updated_at_us             BIGINT NOT NULL,
+    CHECK (status <> 'succeeded' OR applied_minor + credited_minor = amount_minor),
+    CHECK (status = 'succeeded' OR (applied_minor = 0 AND credited_minor = 0))
+);
+CREATE INDEX refunds_payment ON refunds (payment_id);
+
+-- Idempotency keys, scoped to the caller. `phase` is how far the request got:
+-- started -> processor_called -> finished. `locked_until_us` is the lease of the request that
+-- owns the key: a duplicate inside the lease gets 409; after it (a crash) a retry takes over
+-- and resumes from the phase. `resource_id` names the payment/refund a resumed request finishes.
+CREATE TABLE idempotency_keys (
+    principal_id        TEXT NOT NULL,
+    key                 TEXT NOT NULL,
+    request_sha256      TEXT NOT NULL,
+    phase               TEXT NOT NULL CHECK (phase IN ('started', 'processor_called', 'finished')),
+    resource_id         TEXT,
+    response_status     BIGINT,
+    response_body       TEXT,
+    locked_until_us     BIGINT NOT NULL,
+    created_at_us       BIGINT NOT NULL,
+    PRIMARY KEY (principal_id, key),
+    CHECK ((phase = 'finished') = (response_status IS NOT NULL AND response_body IS NOT NULL))
+);
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at_us);
+
+-- The built-in processor simulator's own store. It stands for the processor's side of the
+-- wire, so it is written outside the billing transaction (autocommit) and survives a crash of
+-- the billing request, as a real processor's record would.
+CREATE TABLE simulator_charges (
+    idempotency_key TEXT PRIMARY KEY,
+    charge_id       TEXT NOT NULL UNIQUE,
+    amount_minor    BIGINT NOT NULL,
+    request_sha256  TEXT NOT NULL,
+    outcome_json    TEXT NOT NULL,
+    created_at_us   BIGINT NOT NULL
+);
+CREATE TABLE simulator_refunds (
+    idempotency_key TEXT PRIMARY KEY,
+    refund_id       TEXT NOT NULL UNIQUE,
+    charge_id       TEXT NOT NULL,
+    amount_minor    BIGINT NOT NULL,
+    outcome_json    TEXT NOT NULL,
+    created_at_us   BIGINT NOT NULL
+);

@@ -1,0 +1,288 @@
+-- carebill billing core, SQLite dialect: the twin of migrations/postgres/0001_core.sql (read
+-- that file for the reasoning behind each table). Differences are only of dialect:
+--   * STRICT tables, so SQLite enforces column types as PostgreSQL does;
+--   * INTEGER PRIMARY KEY AUTOINCREMENT for `seq`, 0/1 for booleans;
+--   * triggers written with RAISE(ABORT, …).
+
+CREATE TABLE api_keys (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL UNIQUE,
+    secret_sha256   TEXT NOT NULL UNIQUE,
+    role            TEXT NOT NULL CHECK (role IN ('admin', 'billing_clerk', 'billing_manager', 'accountant')),
+    created_at_us   INTEGER NOT NULL,
+    last_used_at_us INTEGER,
+    revoked_at_us   INTEGER
+) STRICT;
+
+CREATE TABLE chart_of_accounts (
+    code        TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('asset', 'liability', 'revenue', 'contra_revenue', 'expense')),
+    normal_side TEXT NOT NULL CHECK (normal_side IN ('debit', 'credit')),
+    per_patient INTEGER NOT NULL CHECK (per_patient IN (0, 1))
+) STRICT;
+
+INSERT INTO chart_of_accounts (code, name, kind, normal_side, per_patient) VALUES
+    ('1000', 'Bank',                        'asset',          'debit',  0),
+    ('1010', 'Processor clearing',          'asset',          'debit',  0),
+    ('1100', 'Disputed funds',              'asset',          'debit',  0),
+    ('1200', 'Patient receivables',         'asset',          'debit',  1),
+    ('2100', 'Patient credit balances',     'liability',      'credit', 1),
+    ('2200', 'Refunds payable',             'liability',      'credit', 0),
+    ('4000', 'Patient services revenue',    'revenue',        'credit', 0),
+    ('4100', 'Insurance adjustments',       'contra_revenue', 'debit',  0),
+    ('4200', 'Discounts',                   'contra_revenue', 'debit',  0),
+    ('5100', 'Write-offs',                  'expense',        'debit',  0),
+    ('5200', 'Processor fees',              'expense',        'debit',  0);
+
+CREATE TABLE patients (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE,
+    name           TEXT NOT NULL,
+    date_of_birth  TEXT NOT NULL,
+    email          TEXT,
+    phone          TEXT,
+    address_json   TEXT,
+    mrn            TEXT,
+    created_at_us  INTEGER NOT NULL,
+    updated_at_us  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE accounts (
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                TEXT NOT NULL UNIQUE,
+    code              TEXT NOT NULL REFERENCES chart_of_accounts (code),
+    currency          TEXT NOT NULL CHECK (currency IN ('usd','eur','gbp','cad','aud','chf','jpy','kwd','bhd')),
+    patient_id        TEXT REFERENCES patients (id),
+    balance_minor     INTEGER NOT NULL DEFAULT 0,
+    posting_count     INTEGER NOT NULL DEFAULT 0 CHECK (posting_count >= 0),
+    last_posted_at_us INTEGER NOT NULL DEFAULT 0,
+    created_at_us     INTEGER NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX accounts_code_currency_patient ON accounts (code, currency, COALESCE(patient_id, ''));
+
+INSERT INTO accounts (id, code, currency, created_at_us)
+SELECT 'acct_' || c.code || '_' || cur.column1, c.code, cur.column1, 0
+FROM chart_of_accounts c
+CROSS JOIN (VALUES ('usd'),('eur'),('gbp'),('cad'),('aud'),('chf'),('jpy'),('kwd'),('bhd')) AS cur
+WHERE c.per_patient = 0;
+
+CREATE TABLE journal_entries (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id             TEXT NOT NULL UNIQUE,
+    posted_at_us   INTEGER NOT NULL,
+    effective_date TEXT NOT NULL,
+    kind           TEXT NOT NULL CHECK (kind IN ('invoice_finalized', 'invoice_adjustment', 'payment_captured',
+                                                 'refund_succeeded', 'reversal')),
+    memo           TEXT NOT NULL,
+    posting_count  INTEGER NOT NULL CHECK (posting_count >= 2),
+    reverses_entry_id TEXT UNIQUE REFERENCES journal_entries (id),
+    patient_id     TEXT REFERENCES patients (id),
+    invoice_id     TEXT,
+    payment_id     TEXT,
+    refund_id      TEXT,
+    adjustment_id  TEXT,
+    CHECK ((kind = 'reversal') = (reverses_entry_id IS NOT NULL))
+) STRICT;
+CREATE INDEX journal_entries_posted_at ON journal_entries (posted_at_us, seq);
+CREATE INDEX journal_entries_invoice ON journal_entries (invoice_id);
+
+CREATE TABLE postings (
+    seq                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry_id            TEXT NOT NULL REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
+    account_id          TEXT NOT NULL REFERENCES accounts (id),
+    amount_minor        INTEGER NOT NULL CHECK (amount_minor <> 0),
+    currency            TEXT NOT NULL,
+    account_seq         INTEGER NOT NULL CHECK (account_seq >= 1),
+    balance_after_minor INTEGER NOT NULL,
+    posted_at_us        INTEGER NOT NULL,
+    UNIQUE (account_id, account_seq)
+) STRICT;
+CREATE INDEX postings_entry ON postings (entry_id);
+CREATE INDEX postings_account_time ON postings (account_id, posted_at_us, account_seq);
+
+CREATE TRIGGER postings_before_insert BEFORE INSERT ON postings
+BEGIN
+    SELECT RAISE(ABORT, 'ledger: entry is sealed; postings cannot be added')
+     WHERE EXISTS (SELECT 1 FROM journal_entries WHERE id = NEW.entry_id);
+    SELECT RAISE(ABORT, 'ledger: posting currency differs from account currency')
+     WHERE (SELECT currency FROM accounts WHERE id = NEW.account_id) IS NOT NEW.currency;
+    SELECT RAISE(ABORT, 'ledger: posting does not continue the running balance of its account')
+      FROM accounts a
+     WHERE a.id = NEW.account_id
+       AND (NEW.account_seq <> a.posting_count + 1
+            OR NEW.balance_after_minor <> a.balance_minor + NEW.amount_minor
+            OR NEW.posted_at_us < a.last_posted_at_us);
+END;
+
+CREATE TRIGGER postings_after_insert AFTER INSERT ON postings
+BEGIN
+    UPDATE accounts
+       SET balance_minor = NEW.balance_after_minor,
+           posting_count = NEW.account_seq,
+           last_posted_at_us = NEW.posted_at_us
+     WHERE id = NEW.account_id;
+END;
+
+CREATE TRIGGER accounts_before_update BEFORE UPDATE ON accounts
+BEGIN
+    SELECT RAISE(ABORT, 'ledger: account balance must equal its last posting''s running balance')
+     WHERE NEW.balance_minor <> COALESCE((SELECT balance_after_minor FROM postings
+                                          WHERE account_id = NEW.id AND account_seq = NEW.posting_count), 0)
+        OR EXISTS (SELECT 1 FROM postings WHERE account_id = NEW.id AND account_seq > NEW.posting_count)
+        OR NEW.currency <> OLD.currency OR NEW.code <> OLD.code OR NEW.id <> OLD.id;
+END;
+
+CREATE TRIGGER journal_entries_before_insert BEFORE INSERT ON journal_entries
+BEGIN
+    SELECT RAISE(ABORT, 'ledger: entry has a different number of postings than declared')
+     WHERE (SELECT COUNT(*) FROM postings WHERE entry_id = NEW.id) <> NEW.posting_count;
+    SELECT RAISE(ABORT, 'ledger: entry does not balance')
+     WHERE EXISTS (SELECT 1 FROM postings WHERE entry_id = NEW.id
+                   GROUP BY currency HAVING SUM(amount_minor) <> 0);
+END;
+
+CREATE TRIGGER journal_entries_no_update BEFORE UPDATE ON journal_entries
+BEGIN SELECT RAISE(ABORT, 'ledger: journal_entries rows are immutable; post a reversing entry instead'); END;
+CREATE TRIGGER journal_entries_no_delete BEFORE DELETE ON journal_entries
+BEGIN SELECT RAISE(ABORT, 'ledger: journal_entries rows are immutable; post a reversing entry instead'); END;
+CREATE TRIGGER postings_no_update BEFORE UPDATE ON postings
+BEGIN SELECT RAISE(ABORT, 'ledger: postings rows are immutable; post a reversing entry instead'); END;
+CREATE TRIGGER postings_no_delete BEFORE DELETE ON postings
+BEGIN SELECT RAISE(ABORT, 'ledger: postings rows are immutable; post a reversing entry instead'); END;
+
+CREATE TABLE invoices (
+    seq                   INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                    TEXT NOT NULL UNIQUE,
+    patient_id            TEXT NOT NULL REFERENCES patients (id),
+    currency              TEXT NOT NULL,
+    status                TEXT NOT NULL CHECK (status IN ('draft', 'open', 'partially_paid', 'paid', 'void')),
+    due_date              TEXT NOT NULL,
+    total_minor           INTEGER NOT NULL CHECK (total_minor > 0),
+    amount_adjusted_minor INTEGER NOT NULL DEFAULT 0 CHECK (amount_adjusted_minor >= 0),
+    amount_paid_minor     INTEGER NOT NULL DEFAULT 0 CHECK (amount_paid_minor >= 0),
+    amount_refunded_minor INTEGER NOT NULL DEFAULT 0 CHECK (amount_refunded_minor >= 0 AND amount_refunded_minor <= amount_paid_minor),
+    amount_due_minor      INTEGER NOT NULL CHECK (amount_due_minor >= 0),
+    finalize_entry_id     TEXT REFERENCES journal_entries (id),
+    void_entry_id         TEXT REFERENCES journal_entries (id),
+    created_at_us         INTEGER NOT NULL,
+    finalized_at_us       INTEGER,
+    voided_at_us          INTEGER,
+    CHECK (amount_due_minor = CASE WHEN status = 'void' THEN 0
+           ELSE total_minor - amount_adjusted_minor - amount_paid_minor + amount_refunded_minor END),
+    CHECK ((status = 'draft') = (finalize_entry_id IS NULL AND voided_at_us IS NULL)
+           OR (status = 'void' AND finalize_entry_id IS NULL))
+) STRICT;
+CREATE INDEX invoices_patient ON invoices (patient_id, seq);
+
+CREATE TABLE invoice_lines (
+    id                TEXT PRIMARY KEY,
+    invoice_id        TEXT NOT NULL REFERENCES invoices (id),
+    position          INTEGER NOT NULL,
+    service_date      TEXT NOT NULL,
+    code              TEXT NOT NULL,
+    description       TEXT NOT NULL,
+    quantity          INTEGER NOT NULL CHECK (quantity > 0),
+    unit_amount_minor INTEGER NOT NULL CHECK (unit_amount_minor > 0),
+    amount_minor      INTEGER NOT NULL CHECK (amount_minor = quantity * unit_amount_minor),
+    UNIQUE (invoice_id, position)
+) STRICT;
+
+CREATE TABLE adjustments (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT NOT NULL UNIQUE,
+    invoice_id       TEXT NOT NULL REFERENCES invoices (id),
+    kind             TEXT NOT NULL CHECK (kind IN ('insurance_adjustment', 'discount', 'write_off')),
+    amount_minor     INTEGER NOT NULL CHECK (amount_minor > 0),
+    currency         TEXT NOT NULL,
+    reason           TEXT NOT NULL,
+    journal_entry_id TEXT NOT NULL REFERENCES journal_entries (id),
+    created_at_us    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX adjustments_invoice ON adjustments (invoice_id);
+
+CREATE TABLE payments (
+    seq                      INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                       TEXT NOT NULL UNIQUE,
+    patient_id               TEXT NOT NULL REFERENCES patients (id),
+    invoice_id               TEXT REFERENCES invoices (id),
+    currency                 TEXT NOT NULL,
+    amount_minor             INTEGER NOT NULL CHECK (amount_minor > 0),
+    status                   TEXT NOT NULL CHECK (status IN ('pending', 'processing', 'succeeded', 'failed')),
+    payment_method           TEXT NOT NULL,
+    processor_idempotency_key TEXT NOT NULL UNIQUE,
+    processor_charge_id      TEXT,
+    card_brand               TEXT,
+    card_last4               TEXT,
+    failure_code             TEXT,
+    failure_message          TEXT,
+    amount_applied_minor     INTEGER NOT NULL DEFAULT 0 CHECK (amount_applied_minor >= 0),
+    amount_credited_minor    INTEGER NOT NULL DEFAULT 0 CHECK (amount_credited_minor >= 0),
+    refunded_applied_minor   INTEGER NOT NULL DEFAULT 0 CHECK (refunded_applied_minor >= 0 AND refunded_applied_minor <= amount_applied_minor),
+    refunded_credited_minor  INTEGER NOT NULL DEFAULT 0 CHECK (refunded_credited_minor >= 0 AND refunded_credited_minor <= amount_credited_minor),
+    amount_refund_reserved_minor INTEGER NOT NULL DEFAULT 0 CHECK (amount_refund_reserved_minor >= 0),
+    journal_entry_id         TEXT REFERENCES journal_entries (id),
+    created_at_us            INTEGER NOT NULL,
+    updated_at_us            INTEGER NOT NULL,
+    CHECK (status <> 'succeeded' OR amount_applied_minor + amount_credited_minor = amount_minor),
+    CHECK (status = 'succeeded' OR (amount_applied_minor = 0 AND amount_credited_minor = 0)),
+    CHECK (refunded_applied_minor + refunded_credited_minor + amount_refund_reserved_minor
+           <= CASE WHEN status = 'succeeded' THEN amount_minor ELSE 0 END)
+) STRICT;
+CREATE INDEX payments_invoice ON payments (invoice_id);
+
+CREATE TABLE refunds (
+    seq                       INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                        TEXT NOT NULL UNIQUE,
+    payment_id                TEXT NOT NULL REFERENCES payments (id),
+    currency                  TEXT NOT NULL,
+    amount_minor              INTEGER NOT NULL CHECK (amount_minor > 0),
+    status                    TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+    reason                    TEXT NOT NULL CHECK (reason IN ('duplicate', 'requested_by_patient', 'overpayment', 'billing_error')),
+    note                      TEXT,
+    processor_idempotency_key TEXT NOT NULL UNIQUE,
+    processor_refund_id       TEXT,
+    failure_code              TEXT,
+    -- how the refund split once it succeeded: first from the payment's credited (overpaid)
+    -- part, then from the part applied to the invoice (which re-opens that much of the bill)
+    applied_minor             INTEGER NOT NULL DEFAULT 0 CHECK (applied_minor >= 0),
+    credited_minor            INTEGER NOT NULL DEFAULT 0 CHECK (credited_minor >= 0),
+    journal_entry_id          TEXT REFERENCES journal_entries (id),
+    created_at_us             INTEGER NOT NULL,
+    updated_at_us             INTEGER NOT NULL,
+    CHECK (status <> 'succeeded' OR applied_minor + credited_minor = amount_minor),
+    CHECK (status = 'succeeded' OR (applied_minor = 0 AND credited_minor = 0))
+) STRICT;
+CREATE INDEX refunds_payment ON refunds (payment_id);
+
+CREATE TABLE idempotency_keys (
+    principal_id        TEXT NOT NULL,
+    key                 TEXT NOT NULL,
+    request_sha256      TEXT NOT NULL,
+    phase               TEXT NOT NULL CHECK (phase IN ('started', 'processor_called', 'finished')),
+    resource_id         TEXT,
+    response_status     INTEGER,
+    response_body       TEXT,
+    locked_until_us     INTEGER NOT NULL,
+    created_at_us       INTEGER NOT NULL,
+    PRIMARY KEY (principal_id, key),
+    CHECK ((phase = 'finished') = (response_status IS NOT NULL AND response_body IS NOT NULL))
+) STRICT;
+CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at_us);
+
+CREATE TABLE simulator_charges (
+    idempotency_key TEXT PRIMARY KEY,
+    charge_id       TEXT NOT NULL UNIQUE,
+    amount_minor    INTEGER NOT NULL,
+    request_sha256  TEXT NOT NULL,
+    outcome_json    TEXT NOT NULL,
+    created_at_us   INTEGER NOT NULL
+) STRICT;
+CREATE TABLE simulator_refunds (
+    idempotency_key TEXT PRIMARY KEY,
+    refund_id       TEXT NOT NULL UNIQUE,
+    charge_id       TEXT NOT NULL,
+    amount_minor    INTEGER NOT NULL,
+    outcome_json    TEXT NOT NULL,
+    created_at_us   INTEGER NOT NULL
+) STRICT;

@@ -1,0 +1,421 @@
+//! Idempotency keys: a retried request never moves money twice.
+//!
+//! A client sends `Idempotency-Key: <uuid>` (required on payments and refunds, accepted on
+//! every POST). Keys are scoped to the caller. The first request with a key *claims* it:
+//!
+//! ```text
+//!  started ──(tx A: payment row + phase)──► processor_called ──(tx B: effects + response)──► finished
+//! ```
+//!
+//! - `finished`: the saved status and body are replayed, with `Idempotent-Replayed: true`.
+//! - a different request (method, path or canonical body) with the same key: 422
+//!   `idempotency_key_reused`.
+//! - another request holds the key's lease: 409 `idempotency_key_in_use`.
+//! - the lease ran out without `finished` (the process crashed or gave up): the next request
+//!   takes the key over and *resumes* from the recorded phase; a payment in `processor_called`
+//!   calls the processor again with the same derived key, which returns the first outcome.
+//!
+//! The response is saved in the same transaction as the effects, so there is no window in
+//! which the money moved but the key does not say so. A request that fails while still in
+//! `started` did nothing, so its key is released (deleted) and the client may fix the request
+//! and retry with the same key.
+
+use std::future::Future;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::auth::Principal;
+use crate::db::{now_us, Tx};
+use crate::error::{ApiError, ErrorType};
+use crate::AppState;
+
+pub const HEADER: &str = "idempotency-key";
+/// Rows deleted per statement by the expiry sweep, and statements per sweep.
+const SWEEP_BATCH_ROWS: i64 = 500;
+const SWEEP_BATCHES_MAX: u32 = 20;
+/// Attempts to claim a key when it changes under us (deleted by a release or the sweep).
+const CLAIM_ATTEMPTS_MAX: u32 = 3;
+
+/// The `Idempotency-Key` header, if sent, checked to be a UUID.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey(Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(HEADER) else {
+            return Ok(IdempotencyKey(None));
+        };
+        let invalid = || {
+            ApiError::invalid(
+                "Idempotency-Key",
+                "idempotency_key_invalid",
+                "Idempotency-Key must be a UUID.",
+            )
+        };
+        let text = value.to_str().map_err(|_| invalid())?;
+        let uuid = uuid::Uuid::parse_str(text.trim()).map_err(|_| invalid())?;
+        Ok(IdempotencyKey(Some(uuid.hyphenated().to_string())))
+    }
+}
+
+impl IdempotencyKey {
+    /// Refuses a request that moves money without a key.
+    pub fn required(self) -> Result<Self, ApiError> {
+        if self.0.is_none() {
+            return Err(ApiError::invalid(
+                "Idempotency-Key",
+                "idempotency_key_missing",
+                "This request moves money: send an Idempotency-Key header with a fresh UUID.",
+            ));
+        }
+        Ok(self)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Started,
+    ProcessorCalled,
+}
+
+/// A claimed key: this request owns it until it finishes or its lease runs out.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    scope: String,
+    key: String,
+    /// How far an earlier holder of this key got (Started for a fresh key).
+    pub phase: Phase,
+    /// The payment or refund an earlier holder created, to resume.
+    pub resource_id: Option<String>,
+}
+
+/// What a request with an idempotency key has to do.
+enum Begin {
+    Fresh(Claim),
+    Replay(StatusCode, String),
+}
+
+/// The key of a request, or none (the request is simply executed).
+pub type MaybeClaim = Option<Claim>;
+
+/// Saves `status`/`body` as the final response of `claim`, inside the transaction that made
+/// the request's effects. A no-op without a key.
+pub async fn finish(
+    tx: &mut Tx,
+    claim: &MaybeClaim,
+    status: StatusCode,
+    body: &serde_json::Value,
+) -> Result<(), ApiError> {
+    let Some(claim) = claim else { return Ok(()) };
+    let body = serde_json::to_string(body).map_err(|e| ApiError::Internal(e.into()))?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET phase = 'finished', response_status = $1, response_body = $2, \
+         locked_until_us = 0 WHERE principal_id = $3 AND key = $4",
+    )
+    .bind(i64::from(status.as_u16()))
+    .bind(body)
+    .bind(&claim.scope)
+    .bind(&claim.key)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records, inside tx A, that the processor is about to be called for `resource_id`.
+pub async fn mark_processor_called(
+    tx: &mut Tx,
+    claim: &MaybeClaim,
+    resource_id: &str,
+) -> Result<(), ApiError> {
+    let Some(claim) = claim else { return Ok(()) };
+    sqlx::query(
+        "UPDATE idempotency_keys SET phase = 'processor_called', resource_id = $1 \
+         WHERE principal_id = $2 AND key = $3",
+    )
+    .bind(resource_id)
+    .bind(&claim.scope)
+    .bind(&claim.key)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Runs `work` under the request's idempotency key and answers with its saved response.
+///
+/// `route` is the method and path (`POST /v1/payments`); `request` is the parsed body, hashed in
+/// canonical form. `work` gets the claim (resume information) and must call [`finish`] in the
+/// transaction that commits its effects.
+pub async fn run<R, F, Fut>(
+    state: &AppState,
+    principal: &Principal,
+    key: IdempotencyKey,
+    route: &str,
+    request: &R,
+    work: F,
+) -> Response
+where
+    R: Serialize,
+    F: FnOnce(MaybeClaim) -> Fut,
+    Fut: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+{
+    let Some(key) = key.0 else {
+        return match work(None).await {
+            Ok((status, body)) => (status, axum::Json(body)).into_response(),
+            Err(e) => e.into_response(),
+        };
+    };
+    let fingerprint = match fingerprint(route, request) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
+    let claim = match begin(state, principal.idempotency_scope(), &key, &fingerprint).await {
+        Ok(Begin::Fresh(claim)) => claim,
+        Ok(Begin::Replay(status, body)) => return replay(status, body),
+        Err(e) => return e.into_response(),
+    };
+    let released = claim.clone();
+    match work(Some(claim)).await {
+        Ok((status, body)) => (status, axum::Json(body)).into_response(),
+        Err(e) => {
+            if let Err(release_error) = release(state, &released).await {
+                tracing::error!(error = ?release_error, "could not release idempotency key");
+            }
+            e.into_response()
+        }
+    }
+}
+
+fn replay(status: StatusCode, body: String) -> Response {
+    let mut response = (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// SHA-256 of the route and the canonical JSON of the request (keys sorted by serde_json's
+/// map, so the same parameters in another order are the same request).
+fn fingerprint<R: Serialize>(route: &str, request: &R) -> Result<String, ApiError> {
+    let canonical = serde_json::to_value(request)
+        .and_then(|v| serde_json::to_string(&v))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(canonical.as_bytes());
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn in_use() -> ApiError {
+    ApiError::simple(
+        StatusCode::CONFLICT,
+        ErrorType::IdempotencyError,
+        "idempotency_key_in_use",
+        "A request with this Idempotency-Key is still in progress; retry after it completes.",
+    )
+}
+
+async fn begin(
+    state: &AppState,
+    scope: &str,
+    key: &str,
+    fingerprint: &str,
+) -> Result<Begin, ApiError> {
+    let pool = &state.db.pool;
+    let lease_us = state.config.idempotency_lease_ms.saturating_mul(1000);
+    let ttl_us = state
+        .config
+        .idempotency_ttl_seconds
+        .saturating_mul(1_000_000);
+    for _ in 0..CLAIM_ATTEMPTS_MAX {
+        let now = now_us();
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (principal_id, key, request_sha256, phase, locked_until_us, created_at_us) \
+             VALUES ($1, $2, $3, 'started', $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(fingerprint)
+        .bind(now.saturating_add(lease_us))
+        .bind(now)
+        .execute(pool)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Begin::Fresh(Claim {
+                scope: scope.to_owned(),
+                key: key.to_owned(),
+                phase: Phase::Started,
+                resource_id: None,
+            }));
+        }
+        let Some(row) = sqlx::query(
+            "SELECT request_sha256, phase, resource_id, response_status, response_body, locked_until_us, created_at_us \
+             FROM idempotency_keys WHERE principal_id = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(pool)
+        .await?
+        else {
+            continue; // released between our insert and select: try to claim again
+        };
+        let phase: String = row.try_get("phase")?;
+        let created: i64 = row.try_get("created_at_us")?;
+        let locked_until: i64 = row.try_get("locked_until_us")?;
+        if phase != "processor_called" && now.saturating_sub(created) > ttl_us && locked_until < now
+        {
+            // Expired (the sweep has not reached it yet): the key is free again.
+            sqlx::query("DELETE FROM idempotency_keys WHERE principal_id = $1 AND key = $2 AND created_at_us = $3")
+                .bind(scope)
+                .bind(key)
+                .bind(created)
+                .execute(pool)
+                .await?;
+            continue;
+        }
+        let stored: String = row.try_get("request_sha256")?;
+        if stored != fingerprint {
+            return Err(ApiError::simple(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorType::IdempotencyError,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with a different request; use a fresh key for a new request.",
+            ));
+        }
+        if phase == "finished" {
+            let status: i64 = row.try_get("response_status")?;
+            let body: String = row.try_get("response_body")?;
+            let status = u16::try_from(status)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .ok_or_else(|| anyhow::anyhow!("stored idempotent status out of range"))?;
+            return Ok(Begin::Replay(status, body));
+        }
+        if locked_until > now {
+            return Err(in_use());
+        }
+        // The holder's lease ran out without finishing: take the key over, atomically.
+        let taken = sqlx::query(
+            "UPDATE idempotency_keys SET locked_until_us = $1 \
+             WHERE principal_id = $2 AND key = $3 AND locked_until_us = $4 AND phase <> 'finished'",
+        )
+        .bind(now.saturating_add(lease_us))
+        .bind(scope)
+        .bind(key)
+        .bind(locked_until)
+        .execute(pool)
+        .await?;
+        if taken.rows_affected() != 1 {
+            return Err(in_use());
+        }
+        let resource_id: Option<String> = row.try_get("resource_id")?;
+        tracing::warn!(
+            phase,
+            "resuming a request whose earlier attempt did not finish"
+        );
+        return Ok(Begin::Fresh(Claim {
+            scope: scope.to_owned(),
+            key: key.to_owned(),
+            phase: if phase == "processor_called" {
+                Phase::ProcessorCalled
+            } else {
+                Phase::Started
+            },
+            resource_id,
+        }));
+    }
+    Err(in_use())
+}
+
+/// After a failed attempt: a key still in `started` did nothing and is deleted; a key past it
+/// keeps its phase and only gives up its lease, so the next retry resumes at once.
+async fn release(state: &AppState, claim: &Claim) -> Result<(), sqlx::Error> {
+    let pool = &state.db.pool;
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE principal_id = $1 AND key = $2 AND phase = 'started'",
+    )
+    .bind(&claim.scope)
+    .bind(&claim.key)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "UPDATE idempotency_keys SET locked_until_us = 0 \
+         WHERE principal_id = $1 AND key = $2 AND phase = 'processor_called'",
+    )
+    .bind(&claim.scope)
+    .bind(&claim.key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes expired keys in bounded batches. Keys stuck in `processor_called` are kept (their
+/// payment still needs settling) and reported.
+pub async fn sweep(state: &AppState) -> Result<u64, sqlx::Error> {
+    let cutoff = now_us().saturating_sub(
+        state
+            .config
+            .idempotency_ttl_seconds
+            .saturating_mul(1_000_000),
+    );
+    let mut deleted: u64 = 0;
+    for _ in 0..SWEEP_BATCHES_MAX {
+        let result = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (principal_id, key) IN ( \
+               SELECT principal_id, key FROM idempotency_keys \
+               WHERE created_at_us < $1 AND phase <> 'processor_called' AND locked_until_us < $2 LIMIT $3)",
+        )
+        .bind(cutoff)
+        .bind(now_us())
+        .bind(SWEEP_BATCH_ROWS)
+        .execute(&state.db.pool)
+        .await?;
+        deleted = deleted.saturating_add(result.rows_affected());
+        if result.rows_affected() < u64::try_from(SWEEP_BATCH_ROWS).unwrap_or(0) {
+            break;
+        }
+    }
+    let stuck: i64 = sqlx::query("SELECT COUNT(*) AS n FROM idempotency_keys WHERE created_at_us < $1 AND phase = 'processor_called'")
+        .bind(cutoff)
+        .fetch_one(&state.db.pool)
+        .await?
+        .try_get("n")?;
+    if stuck > 0 {
+        tracing::warn!(
+            stuck,
+            "expired idempotency keys left in processor_called; their payments need reconciling"
+        );
+    }
+    Ok(deleted)
+}
+
+/// Runs [`sweep`] every `interval` until the process ends.
+pub fn spawn_sweeper(state: AppState, interval: std::time::Duration) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        loop {
+            ticker.tick().await;
+            match sweep(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "expired idempotency keys removed"),
+                Err(e) => tracing::warn!(error = ?e, "idempotency sweep failed"),
+            }
+        }
+    });
+}

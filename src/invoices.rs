@@ -1,0 +1,946 @@
+//! Invoices (`inv_…`): a patient's bill, its lines, its life cycle and its adjustments.
+//!
+//! ```text
+//! draft ──finalize──► open ──payments──► partially_paid ──► paid
+//!   │                  │  ▲                                   │
+//!   └──void──► void ◄──┘  └────────── refunds re-open ────────┘
+//! ```
+//!
+//! Ledger effects: finalize posts receivable (Dr 1200 patient) against revenue (Cr 4000);
+//! an adjustment posts its contra account (insurance adjustment, discount or write-off)
+//! against the receivable; void posts the reversal of each of those entries. The amounts on the
+//! invoice row are kept in the same transaction, and both the code and a database CHECK hold
+//! `amount_due = total - adjusted - paid + refunded`.
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use utoipa::ToSchema;
+
+use crate::api::{date_field, ok_json, parse_limit, text_field, ApiJson, ApiQuery, List};
+use crate::auth::{Action, Principal};
+use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
+use crate::error::{ApiError, ApiResult};
+use crate::idempotency::{self, IdempotencyKey, MaybeClaim};
+use crate::ids::{AdjustmentId, EntryId, InvoiceId, InvoiceLineId, PatientId};
+use crate::ledger::accounts::{account_id, ensure_patient_accounts, patient_account_id, Code};
+use crate::ledger::posting::{self, EntryKind, NewEntry, References};
+use crate::money::{Currency, Money, PositiveAmount, AMOUNT_MINOR_MAX};
+use crate::AppState;
+
+/// Lines per invoice, at most.
+pub const LINES_MAX: usize = 250;
+/// Units of one line, at most.
+pub const QUANTITY_MAX: i64 = 10_000;
+const DESCRIPTION_CHARS_MAX: usize = 500;
+const REASON_CHARS_MAX: usize = 500;
+const CODE_CHARS_MAX: usize = 16;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/invoices", post(create_invoice).get(list_invoices))
+        .route("/v1/invoices/{id}", get(get_invoice))
+        .route("/v1/invoices/{id}/finalize", post(finalize_invoice))
+        .route("/v1/invoices/{id}/void", post(void_invoice))
+        .route(
+            "/v1/invoices/{id}/adjustments",
+            post(create_adjustment).get(list_adjustments),
+        )
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLine {
+    /// YYYY-MM-DD
+    pub service_date: String,
+    /// Procedure code (CPT/HCPCS), e.g. "99213".
+    pub code: String,
+    pub description: String,
+    pub quantity: i64,
+    /// Price of one unit, in minor units.
+    pub unit_amount: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInvoice {
+    pub patient: String,
+    pub currency: String,
+    /// YYYY-MM-DD
+    pub due_date: String,
+    pub lines: Vec<CreateLine>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Line {
+    pub id: String,
+    pub service_date: String,
+    pub code: String,
+    pub description: String,
+    pub quantity: i64,
+    pub unit_amount: i64,
+    pub amount: i64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Invoice {
+    pub id: String,
+    /// Always `"invoice"`.
+    pub object: &'static str,
+    pub patient: String,
+    pub currency: String,
+    /// draft, open, partially_paid, paid or void.
+    pub status: String,
+    pub due_date: String,
+    pub lines: Vec<Line>,
+    /// Sum of the lines (charges), minor units.
+    pub total: i64,
+    pub amount_adjusted: i64,
+    pub amount_paid: i64,
+    pub amount_refunded: i64,
+    /// total - adjusted - paid + refunded (0 once void).
+    pub amount_due: i64,
+    pub finalize_entry: Option<String>,
+    pub created_at: String,
+    pub finalized_at: Option<String>,
+    pub voided_at: Option<String>,
+}
+
+const INVOICE_COLUMNS: &str =
+    "seq, id, patient_id, currency, status, due_date, total_minor, amount_adjusted_minor, \
+     amount_paid_minor, amount_refunded_minor, amount_due_minor, finalize_entry_id, void_entry_id, \
+     created_at_us, finalized_at_us, voided_at_us";
+
+/// An invoice row as the money code sees it.
+#[derive(Debug, Clone)]
+pub struct InvoiceRow {
+    pub id: InvoiceId,
+    pub patient: PatientId,
+    pub currency: Currency,
+    pub status: String,
+    pub total: Money,
+    pub adjusted: Money,
+    pub paid: Money,
+    pub refunded: Money,
+    pub due: Money,
+    pub finalize_entry: Option<EntryId>,
+}
+
+impl InvoiceRow {
+    fn from_row(row: &AnyRow) -> ApiResult<InvoiceRow> {
+        let currency: Currency = row.try_get::<String, _>("currency")?.parse()?;
+        let m = |col: &str| -> ApiResult<Money> { Ok(Money::new(row.try_get(col)?, currency)) };
+        Ok(InvoiceRow {
+            id: InvoiceId::from_db(row.try_get("id")?),
+            patient: PatientId::from_db(row.try_get("patient_id")?),
+            currency,
+            status: row.try_get("status")?,
+            total: m("total_minor")?,
+            adjusted: m("amount_adjusted_minor")?,
+            paid: m("amount_paid_minor")?,
+            refunded: m("amount_refunded_minor")?,
+            due: m("amount_due_minor")?,
+            finalize_entry: row
+                .try_get::<Option<String>, _>("finalize_entry_id")?
+                .map(EntryId::from_db),
+        })
+    }
+
+    /// Whether payments and adjustments may be applied.
+    pub fn is_open(&self) -> bool {
+        matches!(self.status.as_str(), "open" | "partially_paid")
+    }
+
+    /// The amount due by the invoice's own formula, with checked arithmetic.
+    pub fn computed_due(&self) -> Result<Money, ApiError> {
+        Ok(self
+            .total
+            .checked_sub(self.adjusted)?
+            .checked_sub(self.paid)?
+            .checked_add(self.refunded)?)
+    }
+
+    /// Writes the amounts back with the status they imply, after asserting the invariants.
+    pub async fn save_amounts(&mut self, tx: &mut Tx) -> Result<(), ApiError> {
+        self.due = self.computed_due()?;
+        if self.due.amount_minor() < 0 || self.refunded.amount_minor() > self.paid.amount_minor() {
+            return Err(anyhow::anyhow!("invoice invariant violated on {}", self.id).into());
+        }
+        let net_paid = self.paid.checked_sub(self.refunded)?;
+        self.status = if self.due.is_zero() {
+            "paid"
+        } else if net_paid.amount_minor() > 0 {
+            "partially_paid"
+        } else {
+            "open"
+        }
+        .to_owned();
+        sqlx::query(
+            "UPDATE invoices SET status = $1, amount_adjusted_minor = $2, amount_paid_minor = $3, \
+             amount_refunded_minor = $4, amount_due_minor = $5 WHERE id = $6",
+        )
+        .bind(&self.status)
+        .bind(self.adjusted.amount_minor())
+        .bind(self.paid.amount_minor())
+        .bind(self.refunded.amount_minor())
+        .bind(self.due.amount_minor())
+        .bind(self.id.as_str())
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Reads and row-locks an invoice inside a write transaction.
+pub async fn lock(
+    tx: &mut Tx,
+    backend: Backend,
+    id: &InvoiceId,
+    param: &str,
+) -> ApiResult<InvoiceRow> {
+    let row = sqlx::query(&format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1{}",
+        backend.for_update()
+    ))
+    .bind(id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found(param, "invoice"))?;
+    InvoiceRow::from_row(&row)
+}
+
+async fn load_lines(
+    executor: impl sqlx::AnyExecutor<'_>,
+    ids: &[String],
+) -> ApiResult<Vec<(String, Line)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT id, invoice_id, service_date, code, description, quantity, unit_amount_minor, amount_minor \
+         FROM invoice_lines WHERE invoice_id IN ({}) ORDER BY invoice_id, position",
+        crate::db::placeholders(1, ids.len())
+    );
+    let mut q = sqlx::query(&sql);
+    for id in ids {
+        q = q.bind(id.clone());
+    }
+    let rows = q.fetch_all(executor).await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get("invoice_id")?,
+                Line {
+                    id: r.try_get("id")?,
+                    service_date: r.try_get("service_date")?,
+                    code: r.try_get("code")?,
+                    description: r.try_get("description")?,
+                    quantity: r.try_get("quantity")?,
+                    unit_amount: r.try_get("unit_amount_minor")?,
+                    amount: r.try_get("amount_minor")?,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn invoice_from_row(row: &AnyRow, lines: Vec<Line>) -> ApiResult<Invoice> {
+    let opt_time = |col: &str| -> ApiResult<Option<String>> {
+        Ok(row.try_get::<Option<i64>, _>(col)?.map(us_to_rfc3339))
+    };
+    Ok(Invoice {
+        id: row.try_get("id")?,
+        object: "invoice",
+        patient: row.try_get("patient_id")?,
+        currency: row.try_get("currency")?,
+        status: row.try_get("status")?,
+        due_date: row.try_get("due_date")?,
+        lines,
+        total: row.try_get("total_minor")?,
+        amount_adjusted: row.try_get("amount_adjusted_minor")?,
+        amount_paid: row.try_get("amount_paid_minor")?,
+        amount_refunded: row.try_get("amount_refunded_minor")?,
+        amount_due: row.try_get("amount_due_minor")?,
+        finalize_entry: row.try_get("finalize_entry_id")?,
+        created_at: us_to_rfc3339(row.try_get("created_at_us")?),
+        finalized_at: opt_time("finalized_at_us")?,
+        voided_at: opt_time("voided_at_us")?,
+    })
+}
+
+/// Assembles API invoices from rows, loading all their lines in one query.
+async fn assemble(
+    executor: impl sqlx::AnyExecutor<'_>,
+    rows: &[AnyRow],
+) -> ApiResult<Vec<Invoice>> {
+    let ids: Vec<String> = rows
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
+    let mut lines = load_lines(executor, &ids).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let (mine, rest): (Vec<_>, Vec<_>) = lines.into_iter().partition(|(inv, _)| *inv == id);
+        lines = rest;
+        out.push(invoice_from_row(
+            row,
+            mine.into_iter().map(|(_, l)| l).collect(),
+        )?);
+    }
+    Ok(out)
+}
+
+/// The API view of one invoice, read inside `tx` (so a response shows what the tx wrote).
+pub async fn view(tx: &mut Tx, id: &InvoiceId) -> ApiResult<Invoice> {
+    let row = sqlx::query(&format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("id", "invoice"))?;
+    let mut v = assemble(&mut **tx, std::slice::from_ref(&row)).await?;
+    v.pop().ok_or_else(|| ApiError::not_found("id", "invoice"))
+}
+
+/// A patient's open invoices in one currency, oldest first (for the statement).
+pub async fn open_invoices_of(
+    state: &AppState,
+    patient: &PatientId,
+    currency: Currency,
+) -> ApiResult<Vec<Invoice>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE patient_id = $1 AND currency = $2 \
+         AND status IN ('open', 'partially_paid') ORDER BY seq LIMIT 1000"
+    ))
+    .bind(patient.as_str())
+    .bind(currency.code())
+    .fetch_all(&state.db.pool)
+    .await?;
+    assemble(&state.db.pool, &rows).await
+}
+
+/// The `seq` of a row by id, for cursor pagination. `table` is one of our table names.
+pub async fn seq_of(state: &AppState, table: &'static str, id: &str) -> ApiResult<Option<i64>> {
+    Ok(
+        sqlx::query(&format!("SELECT seq FROM {table} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&state.db.pool)
+            .await?
+            .map(|r| r.try_get::<i64, _>("seq"))
+            .transpose()?,
+    )
+}
+
+pub(crate) fn currency_field(param: &str, value: &str) -> Result<Currency, ApiError> {
+    value.parse().map_err(|_| {
+        ApiError::invalid(
+            param,
+            "currency_invalid",
+            "Must be a supported lowercase ISO 4217 currency code such as \"usd\".",
+        )
+    })
+}
+
+pub(crate) fn amount_field(param: &str, value: i64) -> Result<PositiveAmount, ApiError> {
+    PositiveAmount::parse(value).map_err(|e| {
+        let code = match e {
+            crate::money::AmountError::NotPositive => "amount_invalid",
+            crate::money::AmountError::TooLarge => "amount_too_large",
+        };
+        ApiError::invalid(param, code, e.to_string())
+    })
+}
+
+struct ValidLine {
+    service_date: String,
+    code: String,
+    description: String,
+    quantity: i64,
+    unit: PositiveAmount,
+    amount: Money,
+}
+
+struct ValidInvoice {
+    patient: PatientId,
+    currency: Currency,
+    due_date: String,
+    lines: Vec<ValidLine>,
+    total: Money,
+}
+
+impl CreateInvoice {
+    fn validated(&self) -> Result<ValidInvoice, ApiError> {
+        let patient = PatientId::parse(&self.patient)
+            .map_err(|e| ApiError::invalid("patient", "parameter_invalid", e.to_string()))?;
+        let currency = currency_field("currency", &self.currency)?;
+        let due_date = date_field("due_date", &self.due_date)?
+            .format("%Y-%m-%d")
+            .to_string();
+        if self.lines.is_empty() || self.lines.len() > LINES_MAX {
+            return Err(ApiError::invalid(
+                "lines",
+                "parameter_invalid",
+                format!("An invoice has 1 to {LINES_MAX} lines."),
+            ));
+        }
+        let today = chrono::Utc::now().date_naive();
+        let mut total = Money::zero(currency);
+        let mut lines = Vec::with_capacity(self.lines.len());
+        for (i, l) in self.lines.iter().enumerate() {
+            let p = |f: &str| format!("lines[{i}].{f}");
+            let service_date = date_field(&p("service_date"), &l.service_date)?;
+            if service_date > today {
+                return Err(ApiError::invalid(
+                    p("service_date"),
+                    "parameter_invalid",
+                    "A service date cannot be in the future.",
+                ));
+            }
+            let code = l.code.trim().to_ascii_uppercase();
+            if code.is_empty()
+                || code.len() > CODE_CHARS_MAX
+                || !code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(ApiError::invalid(
+                    p("code"),
+                    "parameter_invalid",
+                    "Must be a procedure code such as a CPT or HCPCS code (letters, digits, '-').",
+                ));
+            }
+            let description = text_field(&p("description"), &l.description, DESCRIPTION_CHARS_MAX)?;
+            if !(1..=QUANTITY_MAX).contains(&l.quantity) {
+                return Err(ApiError::invalid(
+                    p("quantity"),
+                    "parameter_invalid",
+                    format!("Must be an integer from 1 to {QUANTITY_MAX}."),
+                ));
+            }
+            let unit = amount_field(&p("unit_amount"), l.unit_amount)?;
+            let amount = unit.of(currency).checked_mul(l.quantity).map_err(|_| {
+                ApiError::invalid(
+                    p("quantity"),
+                    "amount_too_large",
+                    "The line amount is too large.",
+                )
+            })?;
+            total = total.checked_add(amount).map_err(|_| {
+                ApiError::invalid(
+                    "lines",
+                    "amount_too_large",
+                    "The invoice total is too large.",
+                )
+            })?;
+            if amount.amount_minor() > AMOUNT_MINOR_MAX || total.amount_minor() > AMOUNT_MINOR_MAX {
+                return Err(ApiError::invalid(
+                    p("quantity"),
+                    "amount_too_large",
+                    "The invoice total is too large.",
+                ));
+            }
+            lines.push(ValidLine {
+                service_date: service_date.format("%Y-%m-%d").to_string(),
+                code,
+                description,
+                quantity: l.quantity,
+                unit,
+                amount,
+            });
+        }
+        Ok(ValidInvoice {
+            patient,
+            currency,
+            due_date,
+            lines,
+            total,
+        })
+    }
+}
+
+/// Create a draft invoice.
+#[utoipa::path(post, path = "/v1/invoices", tag = "invoices", request_body = CreateInvoice,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = Invoice), (status = 400, description = "Invalid parameter")),
+    security(("api_key" = [])))]
+pub async fn create_invoice(
+    State(state): State<AppState>,
+    principal: Principal,
+    key: IdempotencyKey,
+    ApiJson(req): ApiJson<CreateInvoice>,
+) -> ApiResult<Response> {
+    principal.authorize(Action::InvoicesWrite)?;
+    let valid = std::sync::Arc::new(req.validated()?);
+    let st = state.clone();
+    Ok(idempotency::run(&state, &principal, key, "POST /v1/invoices", &req, |claim| async move {
+        st.db
+            .write(|tx| {
+                let (claim, v) = (claim.clone(), valid.clone());
+                Box::pin(async move {
+                    if !crate::patients::exists(tx, &v.patient).await? {
+                        return Err(ApiError::not_found("patient", "patient"));
+                    }
+                    let id = InvoiceId::generate();
+                    sqlx::query(
+                        "INSERT INTO invoices (id, patient_id, currency, status, due_date, total_minor, amount_due_minor, created_at_us) \
+                         VALUES ($1, $2, $3, 'draft', $4, $5, $5, $6)",
+                    )
+                    .bind(id.as_str())
+                    .bind(v.patient.as_str())
+                    .bind(v.currency.code())
+                    .bind(&v.due_date)
+                    .bind(v.total.amount_minor())
+                    .bind(now_us())
+                    .execute(&mut **tx)
+                    .await?;
+                    for (position, line) in v.lines.iter().enumerate() {
+                        sqlx::query(
+                            "INSERT INTO invoice_lines (id, invoice_id, position, service_date, code, description, quantity, unit_amount_minor, amount_minor) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                        )
+                        .bind(InvoiceLineId::generate().as_str())
+                        .bind(id.as_str())
+                        .bind(i64::try_from(position).map_err(anyhow::Error::new)?)
+                        .bind(&line.service_date)
+                        .bind(&line.code)
+                        .bind(&line.description)
+                        .bind(line.quantity)
+                        .bind(line.unit.get())
+                        .bind(line.amount.amount_minor())
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                    respond(tx, &claim, &id).await
+                })
+            })
+            .await
+    })
+    .await)
+}
+
+/// Finishes an invoice request: the invoice as the transaction left it, saved under the key.
+async fn respond(
+    tx: &mut Tx,
+    claim: &MaybeClaim,
+    id: &InvoiceId,
+) -> ApiResult<(axum::http::StatusCode, serde_json::Value)> {
+    let invoice = view(tx, id).await?;
+    let (status, body) = ok_json(&invoice)?;
+    idempotency::finish(tx, claim, status, &body).await?;
+    Ok((status, body))
+}
+
+fn path_invoice_id(id: &str) -> Result<InvoiceId, ApiError> {
+    InvoiceId::parse(id).map_err(|e| ApiError::invalid("id", "parameter_invalid", e.to_string()))
+}
+
+/// Retrieve an invoice.
+#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "invoices", params(("id" = String, Path)),
+    responses((status = 200, body = Invoice), (status = 404, description = "No such invoice")),
+    security(("api_key" = [])))]
+pub async fn get_invoice(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Invoice>> {
+    principal.authorize(Action::InvoicesRead)?;
+    let id = path_invoice_id(&id)?;
+    let row = sqlx::query(&format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("id", "invoice"))?;
+    let mut v = assemble(&state.db.pool, std::slice::from_ref(&row)).await?;
+    v.pop()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("id", "invoice"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceListQuery {
+    limit: Option<String>,
+    starting_after: Option<String>,
+    patient: Option<String>,
+    status: Option<String>,
+}
+
+/// List invoices, newest first, optionally for one patient or in one status.
+#[utoipa::path(get, path = "/v1/invoices", tag = "invoices",
+    params(("limit" = Option<i64>, Query), ("starting_after" = Option<String>, Query),
+           ("patient" = Option<String>, Query), ("status" = Option<String>, Query)),
+    responses((status = 200, body = List<Invoice>)),
+    security(("api_key" = [])))]
+pub async fn list_invoices(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(q): ApiQuery<InvoiceListQuery>,
+) -> ApiResult<Json<List<Invoice>>> {
+    principal.authorize(Action::InvoicesRead)?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let patient = q
+        .patient
+        .as_deref()
+        .map(|p| {
+            PatientId::parse(p)
+                .map_err(|e| ApiError::invalid("patient", "parameter_invalid", e.to_string()))
+        })
+        .transpose()?;
+    if let Some(s) = &q.status {
+        if !["draft", "open", "partially_paid", "paid", "void"].contains(&s.as_str()) {
+            return Err(ApiError::invalid(
+                "status",
+                "parameter_invalid",
+                "Must be one of draft, open, partially_paid, paid, void.",
+            ));
+        }
+    }
+    let before = match &q.starting_after {
+        None => i64::MAX,
+        Some(id) => {
+            let id = InvoiceId::parse(id).map_err(|e| {
+                ApiError::invalid("starting_after", "parameter_invalid", e.to_string())
+            })?;
+            seq_of(&state, "invoices", id.as_str())
+                .await?
+                .ok_or_else(|| ApiError::not_found("starting_after", "invoice"))?
+        }
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT {INVOICE_COLUMNS} FROM invoices WHERE seq < $1 AND ($2 = '' OR patient_id = $2) \
+         AND ($3 = '' OR status = $3) ORDER BY seq DESC LIMIT $4"
+    ))
+    .bind(before)
+    .bind(patient.as_ref().map(|p| p.as_str()).unwrap_or(""))
+    .bind(q.status.as_deref().unwrap_or(""))
+    .bind(limit.saturating_add(1))
+    .fetch_all(&state.db.pool)
+    .await?;
+    let invoices = assemble(&state.db.pool, &rows).await?;
+    Ok(Json(List::from_rows(invoices, limit, "/v1/invoices")))
+}
+
+/// An empty JSON object: the body of the finalize and void calls (a body is optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// An optional empty JSON body: absent is fine, `{}` is fine, anything else is refused.
+pub struct EmptyBody(pub Empty);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for EmptyBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|_| {
+                ApiError::invalid(
+                    "body",
+                    "invalid_body",
+                    "The request body could not be read.",
+                )
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            Ok(EmptyBody(Empty {}))
+        } else {
+            crate::api::parse_json(&bytes).map(EmptyBody)
+        }
+    }
+}
+
+/// Finalize a draft invoice: it becomes open and its total is posted as a receivable.
+#[utoipa::path(post, path = "/v1/invoices/{id}/finalize", tag = "invoices",
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = Invoice), (status = 400, description = "Not a draft"), (status = 404, description = "No such invoice")),
+    security(("api_key" = [])))]
+pub async fn finalize_invoice(
+    State(state): State<AppState>,
+    principal: Principal,
+    key: IdempotencyKey,
+    Path(id): Path<String>,
+    EmptyBody(req): EmptyBody,
+) -> ApiResult<Response> {
+    principal.authorize(Action::InvoicesWrite)?;
+    let id = path_invoice_id(&id)?;
+    let route = format!("POST /v1/invoices/{id}/finalize");
+    let st = state.clone();
+    Ok(idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
+        let backend = st.db.backend;
+        st.db
+            .write(|tx| {
+                let (claim, id) = (claim.clone(), id.clone());
+                Box::pin(async move {
+                    let invoice = lock(tx, backend, &id, "id").await?;
+                    if invoice.status != "draft" {
+                        return Err(ApiError::refused("id", "invoice_not_draft", "Only a draft invoice can be finalized."));
+                    }
+                    ensure_patient_accounts(tx, &invoice.patient, invoice.currency).await?;
+                    let entry = NewEntry::new(
+                        EntryKind::InvoiceFinalized,
+                        format!("Invoice {id} finalized"),
+                        References { patient: Some(invoice.patient.clone()), invoice: Some(id.clone()), ..Default::default() },
+                    )
+                    .debit(patient_account_id(Code::PatientReceivables, invoice.currency, &invoice.patient), invoice.total)
+                    .credit(account_id(Code::Revenue, invoice.currency), invoice.total)?;
+                    let entry_id = posting::post(tx, backend, entry).await?;
+                    sqlx::query(
+                        "UPDATE invoices SET status = 'open', finalize_entry_id = $1, finalized_at_us = $2 WHERE id = $3 AND status = 'draft'",
+                    )
+                    .bind(entry_id.as_str())
+                    .bind(now_us())
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                    respond(tx, &claim, &id).await
+                })
+            })
+            .await
+    })
+    .await)
+}
+
+/// Void an invoice: a draft simply becomes void; an open one with no net payments has its
+/// finalize and adjustment entries reversed.
+#[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices",
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = Invoice), (status = 400, description = "Not voidable"), (status = 404, description = "No such invoice")),
+    security(("api_key" = [])))]
+pub async fn void_invoice(
+    State(state): State<AppState>,
+    principal: Principal,
+    key: IdempotencyKey,
+    Path(id): Path<String>,
+    EmptyBody(req): EmptyBody,
+) -> ApiResult<Response> {
+    principal.authorize(Action::InvoicesWrite)?;
+    let id = path_invoice_id(&id)?;
+    let route = format!("POST /v1/invoices/{id}/void");
+    let st = state.clone();
+    Ok(idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
+        let backend = st.db.backend;
+        st.db
+            .write(|tx| {
+                let (claim, id) = (claim.clone(), id.clone());
+                Box::pin(async move {
+                    let invoice = lock(tx, backend, &id, "id").await?;
+                    if invoice.status == "void" {
+                        return Err(ApiError::refused("id", "invoice_already_void", "The invoice is already void."));
+                    }
+                    if invoice.paid.checked_sub(invoice.refunded)?.amount_minor() > 0 {
+                        return Err(ApiError::refused(
+                            "id",
+                            "invoice_has_payments",
+                            "The invoice has payments; refund them before voiding it.",
+                        ));
+                    }
+                    let mut void_entry: Option<EntryId> = None;
+                    if let Some(finalize_entry) = &invoice.finalize_entry {
+                        let refs = References { patient: Some(invoice.patient.clone()), invoice: Some(id.clone()), ..Default::default() };
+                        let adjustment_entries: Vec<(String, String)> =
+                            sqlx::query("SELECT id, journal_entry_id FROM adjustments WHERE invoice_id = $1 ORDER BY seq")
+                                .bind(id.as_str())
+                                .fetch_all(&mut **tx)
+                                .await?
+                                .iter()
+                                .map(|r| Ok((r.try_get("id")?, r.try_get("journal_entry_id")?)))
+                                .collect::<Result<_, sqlx::Error>>()?;
+                        for (adjustment, entry) in adjustment_entries {
+                            let refs = References { adjustment: Some(adjustment), ..refs.clone() };
+                            posting::reverse(tx, backend, &EntryId::from_db(entry), format!("Invoice {id} voided: adjustment reversed"), refs).await?;
+                        }
+                        void_entry = Some(posting::reverse(tx, backend, finalize_entry, format!("Invoice {id} voided"), refs).await?);
+                    }
+                    sqlx::query(
+                        "UPDATE invoices SET status = 'void', amount_due_minor = 0, void_entry_id = $1, voided_at_us = $2 WHERE id = $3",
+                    )
+                    .bind(void_entry.as_ref().map(|e| e.as_str().to_owned()))
+                    .bind(now_us())
+                    .bind(id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                    respond(tx, &claim, &id).await
+                })
+            })
+            .await
+    })
+    .await)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustmentKind {
+    InsuranceAdjustment,
+    Discount,
+    WriteOff,
+}
+
+impl AdjustmentKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            AdjustmentKind::InsuranceAdjustment => "insurance_adjustment",
+            AdjustmentKind::Discount => "discount",
+            AdjustmentKind::WriteOff => "write_off",
+        }
+    }
+
+    fn account(self) -> Code {
+        match self {
+            AdjustmentKind::InsuranceAdjustment => Code::InsuranceAdjustments,
+            AdjustmentKind::Discount => Code::Discounts,
+            AdjustmentKind::WriteOff => Code::WriteOffs,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAdjustment {
+    pub kind: AdjustmentKind,
+    /// Minor units, positive, at most the amount due.
+    pub amount: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Adjustment {
+    pub id: String,
+    /// Always `"invoice_adjustment"`.
+    pub object: &'static str,
+    pub invoice: String,
+    pub kind: String,
+    pub amount: i64,
+    pub currency: String,
+    pub reason: String,
+    pub journal_entry: String,
+    pub created_at: String,
+}
+
+fn adjustment_from_row(r: &AnyRow) -> ApiResult<Adjustment> {
+    Ok(Adjustment {
+        id: r.try_get("id")?,
+        object: "invoice_adjustment",
+        invoice: r.try_get("invoice_id")?,
+        kind: r.try_get("kind")?,
+        amount: r.try_get("amount_minor")?,
+        currency: r.try_get("currency")?,
+        reason: r.try_get("reason")?,
+        journal_entry: r.try_get("journal_entry_id")?,
+        created_at: us_to_rfc3339(r.try_get("created_at_us")?),
+    })
+}
+
+/// Record an insurance adjustment, discount or write-off on an open invoice.
+#[utoipa::path(post, path = "/v1/invoices/{id}/adjustments", tag = "invoices", request_body = CreateAdjustment,
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = Adjustment), (status = 400, description = "Invalid or refused")),
+    security(("api_key" = [])))]
+pub async fn create_adjustment(
+    State(state): State<AppState>,
+    principal: Principal,
+    key: IdempotencyKey,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CreateAdjustment>,
+) -> ApiResult<Response> {
+    principal.authorize(Action::InvoicesWrite)?;
+    if req.kind == AdjustmentKind::WriteOff {
+        // A write-off forgives debt: the same authority as a refund.
+        principal.authorize(Action::RefundsCreate)?;
+    }
+    let id = path_invoice_id(&id)?;
+    let amount = amount_field("amount", req.amount)?;
+    let reason = text_field("reason", &req.reason, REASON_CHARS_MAX)?;
+    let route = format!("POST /v1/invoices/{id}/adjustments");
+    let st = state.clone();
+    let kind = req.kind;
+    Ok(idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
+        let backend = st.db.backend;
+        st.db
+            .write(|tx| {
+                let (claim, id, reason) = (claim.clone(), id.clone(), reason.clone());
+                Box::pin(async move {
+                    let mut invoice = lock(tx, backend, &id, "id").await?;
+                    if !invoice.is_open() || invoice.due.is_zero() {
+                        return Err(ApiError::refused("id", "invoice_not_open", "Adjustments apply only to an open invoice with an amount due."));
+                    }
+                    let amount = amount.of(invoice.currency);
+                    if amount.amount_minor() > invoice.due.amount_minor() {
+                        return Err(ApiError::refused("amount", "amount_exceeds_amount_due", "The adjustment is larger than the amount due."));
+                    }
+                    let adjustment_id = AdjustmentId::generate();
+                    let entry = NewEntry::new(
+                        EntryKind::InvoiceAdjustment,
+                        format!("Invoice {id}: {}", kind.as_str()),
+                        References {
+                            patient: Some(invoice.patient.clone()),
+                            invoice: Some(id.clone()),
+                            adjustment: Some(adjustment_id.to_string()),
+                            ..Default::default()
+                        },
+                    )
+                    .debit(account_id(kind.account(), invoice.currency), amount)
+                    .credit(patient_account_id(Code::PatientReceivables, invoice.currency, &invoice.patient), amount)?;
+                    let entry_id = posting::post(tx, backend, entry).await?;
+                    sqlx::query(
+                        "INSERT INTO adjustments (id, invoice_id, kind, amount_minor, currency, reason, journal_entry_id, created_at_us) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(adjustment_id.as_str())
+                    .bind(id.as_str())
+                    .bind(kind.as_str())
+                    .bind(amount.amount_minor())
+                    .bind(invoice.currency.code())
+                    .bind(&reason)
+                    .bind(entry_id.as_str())
+                    .bind(now_us())
+                    .execute(&mut **tx)
+                    .await?;
+                    invoice.adjusted = invoice.adjusted.checked_add(amount)?;
+                    invoice.save_amounts(tx).await?;
+                    let row = sqlx::query("SELECT * FROM adjustments WHERE id = $1").bind(adjustment_id.as_str()).fetch_one(&mut **tx).await?;
+                    let (status, body) = ok_json(&adjustment_from_row(&row)?)?;
+                    idempotency::finish(tx, &claim, status, &body).await?;
+                    Ok((status, body))
+                })
+            })
+            .await
+    })
+    .await)
+}
+
+/// List the adjustments of an invoice, oldest first.
+#[utoipa::path(get, path = "/v1/invoices/{id}/adjustments", tag = "invoices", params(("id" = String, Path)),
+    responses((status = 200, body = List<Adjustment>)),
+    security(("api_key" = [])))]
+pub async fn list_adjustments(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<List<Adjustment>>> {
+    principal.authorize(Action::InvoicesRead)?;
+    let id = path_invoice_id(&id)?;
+    let limit = crate::api::PAGE_SIZE_MAX;
+    if seq_of(&state, "invoices", id.as_str()).await?.is_none() {
+        return Err(ApiError::not_found("id", "invoice"));
+    }
+    let rows = sqlx::query("SELECT * FROM adjustments WHERE invoice_id = $1 ORDER BY seq LIMIT $2")
+        .bind(id.as_str())
+        .bind(limit.saturating_add(1))
+        .fetch_all(&state.db.pool)
+        .await?;
+    let items = rows
+        .iter()
+        .map(adjustment_from_row)
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(List::from_rows(
+        items,
+        limit,
+        &format!("/v1/invoices/{id}/adjustments"),
+    )))
+}

@@ -1,0 +1,106 @@
+//! The payment-processor seam.
+//!
+//! carebill never talks to a card network itself: a [`PaymentProcessor`] charges a payment
+//! method and refunds a charge. Every call carries an idempotency key derived from our own
+//! persisted payment or refund id, so calling again after a crash or a timeout returns the
+//! outcome of the first call instead of moving money twice. The built-in [`simulator`] is the
+//! default; the Stripe adapter (a later issue) implements the same trait.
+
+pub mod simulator;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::money::Money;
+
+/// A request to charge `amount` to `payment_method`.
+#[derive(Debug, Clone)]
+pub struct ChargeRequest {
+    /// Derived from our payment id; the same key always names the same charge.
+    pub idempotency_key: String,
+    pub amount: Money,
+    /// A processor payment-method id (`pm_…`) or a vault token (`tok_…`).
+    pub payment_method: String,
+    /// Our payment id, sent as metadata for reconciliation.
+    pub payment_id: String,
+}
+
+/// The card a charge was made on, as much as billing may know: brand and last four.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardSummary {
+    pub brand: String,
+    pub last4: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ChargeOutcome {
+    /// Captured: the money is in the processor's clearing balance.
+    Succeeded {
+        charge_id: String,
+        card: CardSummary,
+    },
+    /// Accepted but not final (e.g. 3-D Secure or a bank delay); settled later.
+    Processing {
+        charge_id: String,
+        card: Option<CardSummary>,
+    },
+    /// Refused by the issuer or the processor, with its decline code.
+    Declined {
+        charge_id: Option<String>,
+        decline_code: String,
+        message: String,
+        card: Option<CardSummary>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RefundRequest {
+    /// Derived from our refund id: two equal partial refunds are two different refunds.
+    pub idempotency_key: String,
+    pub charge_id: String,
+    pub amount: Money,
+    pub refund_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum RefundOutcome {
+    Succeeded {
+        refund_id: String,
+    },
+    Pending {
+        refund_id: String,
+    },
+    Failed {
+        refund_id: Option<String>,
+        failure_code: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    /// The payment method is unknown to the processor: the client's mistake, a 400.
+    #[error("no such payment method")]
+    InvalidPaymentMethod,
+    /// Same idempotency key with different parameters: a bug on our side.
+    #[error("idempotency key reused with different parameters")]
+    IdempotencyMismatch,
+    /// The outcome is unknown (timeout, connection lost, 5xx after retries). The payment stays
+    /// in flight and a retry with the same key, or the reconciler, settles it.
+    #[error("processor unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait PaymentProcessor: Send + Sync + 'static {
+    /// A short name for logs and the payment object (`simulator`, `stripe`).
+    fn name(&self) -> &'static str;
+    async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProcessorError>;
+    async fn refund(&self, request: &RefundRequest) -> Result<RefundOutcome, ProcessorError>;
+    /// The current state of a charge made earlier (for the reconciler and recovery).
+    async fn retrieve_charge(
+        &self,
+        charge_id: &str,
+    ) -> Result<Option<ChargeOutcome>, ProcessorError>;
+}

@@ -1,0 +1,185 @@
+//! The HTTP server: the root router (each resource module merges its own), the middleware
+//! stack, health checks, and start-up.
+//!
+//! Middleware, outermost first: request id (generated `req_…`, echoed as `Request-Id`, put on
+//! the tracing span and in every error body), trace span (method and route template, never
+//! the query string or body), panic catcher (opaque 500), whole-request timeout, body size limit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+
+use crate::error::{ApiError, ErrorType, REQUEST_ID};
+use crate::ids::random_base62;
+use crate::processor::simulator::Simulator;
+use crate::{config::Config, db::Db, AppState};
+
+/// How often expired idempotency keys are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Builds the application router over `state`.
+pub fn app(state: AppState) -> Router {
+    let timeout = Duration::from_millis(state.config.request_timeout_ms);
+    Router::new()
+        .merge(crate::patients::router())
+        .merge(crate::invoices::router())
+        .merge(crate::payments::router())
+        .merge(crate::refunds::router())
+        .merge(crate::ledger::router())
+        .route("/v1/openapi.json", get(crate::openapi::serve))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::api::REQUEST_BODY_BYTES_MAX,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// Gives the request an id, a tracing span and a task-local for error bodies.
+async fn request_context(request: Request, next: Next) -> Response {
+    let request_id = format!("req_{}", random_base62(20));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), route = %route);
+    let started = std::time::Instant::now();
+    let mut response = tracing::Instrument::instrument(
+        REQUEST_ID.scope(request_id.clone(), next.run(request)),
+        span.clone(),
+    )
+    .await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "request finished"
+        )
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("request-id", value);
+    }
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::simple(
+        StatusCode::NOT_FOUND,
+        ErrorType::InvalidRequestError,
+        "route_not_found",
+        "Unrecognized request URL.",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::simple(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorType::InvalidRequestError,
+        "method_not_allowed",
+        "This URL does not accept that method.",
+    )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match sqlx::query("SELECT 1").execute(&state.db.pool).await {
+        Ok(_) => Json(serde_json::json!({"status": "ready", "database": state.db.backend.name()}))
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = ?e, "readiness check failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Connects, migrates and builds the state for `config`.
+pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
+    let db = Db::connect(&config.database_url).await?;
+    db.migrate().await?;
+    let processor = Arc::new(Simulator::new(db.clone()));
+    Ok(AppState {
+        db,
+        config: Arc::new(config),
+        processor,
+    })
+}
+
+/// A running server (tests and `carebill up` use it in-process).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Serves `state` on `listener` in a background task.
+pub fn spawn(state: AppState, listener: TcpListener) -> anyhow::Result<Running> {
+    let addr = listener.local_addr()?;
+    crate::idempotency::spawn_sweeper(state.clone(), SWEEP_INTERVAL);
+    let router = app(state.clone());
+    let handle = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    Ok(Running {
+        addr,
+        state,
+        handle,
+    })
+}
+
+/// Binds `config.addr` and serves until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = config.addr.clone();
+    let state = prepare(config).await?;
+    let listener = TcpListener::bind(&addr).await?;
+    let running = spawn(state, listener)?;
+    tracing::info!(addr = %running.addr, "carebill listening");
+    running.handle.await??;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    tracing::info!("shutting down");
+}
