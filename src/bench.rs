@@ -200,7 +200,7 @@ pub async fn bench_payments(
             return 0.0;
         }
         let idx = (all.len().saturating_sub(1)).saturating_mul(p) / 100;
-        all.get(idx).copied().map(|us| us_to_ms(us)).unwrap_or(0.0)
+        all.get(idx).copied().map(us_to_ms).unwrap_or(0.0)
     };
     let ok = u64::try_from(all.len()).unwrap_or(u64::MAX);
     let violations = crate::ledger::invariants::verify(&state.db).await?;
