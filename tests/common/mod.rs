@@ -93,6 +93,11 @@ impl TestApp {
         TestApp { backend, base, db, admin, keys, running, cleanup: Some(cleanup) }
     }
 
+    /// The server's state (database, config, processor), for tests that call library code.
+    pub fn state(&self) -> &carebill::AppState {
+        &self.running.state
+    }
+
     /// A client acting with `role`'s key.
     pub fn as_role(&self, role: &str) -> ApiClient {
         self.admin.with_key(&self.keys[role])
