@@ -16,7 +16,8 @@ use carebill::server::Running;
 pub use serde_json::{json, Value};
 
 pub fn pg_admin_url() -> String {
-    std::env::var("CAREBILL_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("CAREBILL_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A fresh database URL for `backend` and what to remove afterwards.
@@ -28,11 +29,22 @@ pub async fn fresh_database(backend: Backend) -> (String, Cleanup) {
             (url, Cleanup::Dir(dir))
         }
         Backend::Postgres => {
-            let name = format!("cb_test_{}", carebill::ids::random_base62(12).to_lowercase());
-            let admin = Db::connect(&pg_admin_url()).await.expect("connect to PostgreSQL admin URL");
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin.pool).await.expect("create test database");
+            let name = format!(
+                "cb_test_{}",
+                carebill::ids::random_base62(12).to_lowercase()
+            );
+            let admin = Db::connect(&pg_admin_url())
+                .await
+                .expect("connect to PostgreSQL admin URL");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&admin.pool)
+                .await
+                .expect("create test database");
             admin.pool.close().await;
-            let base = pg_admin_url().rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+            let base = pg_admin_url()
+                .rsplit_once('/')
+                .map(|(b, _)| b.to_owned())
+                .unwrap();
             (format!("{base}/{name}"), Cleanup::PgDatabase(name))
         }
     }
@@ -47,7 +59,9 @@ impl Cleanup {
     pub async fn run(self) {
         if let Cleanup::PgDatabase(name) = self {
             if let Ok(admin) = Db::connect(&pg_admin_url()).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin.pool).await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&admin.pool)
+                    .await;
                 admin.pool.close().await;
             }
         }
@@ -73,9 +87,15 @@ impl TestApp {
 
     pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let (url, cleanup) = fresh_database(backend).await;
-        let mut config = Config { database_url: url, addr: "127.0.0.1:0".to_owned(), ..Config::default() };
+        let mut config = Config {
+            database_url: url,
+            addr: "127.0.0.1:0".to_owned(),
+            ..Config::default()
+        };
         adjust(&mut config);
-        let state = carebill::server::prepare(config).await.expect("prepare server");
+        let state = carebill::server::prepare(config)
+            .await
+            .expect("prepare server");
         let mut keys = HashMap::new();
         for (name, role) in [
             ("admin", Role::Admin),
@@ -83,14 +103,30 @@ impl TestApp {
             ("billing_manager", Role::BillingManager),
             ("accountant", Role::Accountant),
         ] {
-            keys.insert(name, create_api_key(&state.db, role).await.expect("api key").secret);
+            keys.insert(
+                name,
+                create_api_key(&state.db, role)
+                    .await
+                    .expect("api key")
+                    .secret,
+            );
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind port 0");
         let db = state.db.clone();
         let running = carebill::server::spawn(state, listener).expect("spawn");
         let base = format!("http://{}", running.addr);
         let admin = ApiClient::new(&base, &keys["admin"]);
-        TestApp { backend, base, db, admin, keys, running, cleanup: Some(cleanup) }
+        TestApp {
+            backend,
+            base,
+            db,
+            admin,
+            keys,
+            running,
+            cleanup: Some(cleanup),
+        }
     }
 
     /// The server's state (database, config, processor), for tests that call library code.
@@ -105,13 +141,22 @@ impl TestApp {
 
     /// Asserts every ledger invariant holds (re-derived from the raw rows).
     pub async fn assert_ledger_sound(&self) {
-        let violations = carebill::ledger::invariants::verify(&self.db).await.expect("verify");
-        assert!(violations.is_empty(), "ledger invariants violated on {:?}: {violations:#?}", self.backend);
+        let violations = carebill::ledger::invariants::verify(&self.db)
+            .await
+            .expect("verify");
+        assert!(
+            violations.is_empty(),
+            "ledger invariants violated on {:?}: {violations:#?}",
+            self.backend
+        );
     }
 
     /// Number of rows in `table`.
     pub async fn count(&self, table: &str) -> i64 {
-        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}")).fetch_one(&self.db.pool).await.unwrap();
+        let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+            .fetch_one(&self.db.pool)
+            .await
+            .unwrap();
         sqlx::Row::try_get(&row, "n").unwrap()
     }
 
@@ -142,7 +187,13 @@ impl TestApp {
 
     pub async fn open_invoice_for(&self, patient: &str, currency: &str, total: i64) -> Value {
         let inv = self.draft_invoice_for(patient, currency, total).await;
-        self.admin.create(&format!("/v1/invoices/{}/finalize", id_of(&inv).unwrap()), &json!({})).await.unwrap()
+        self.admin
+            .create(
+                &format!("/v1/invoices/{}/finalize", id_of(&inv).unwrap()),
+                &json!({}),
+            )
+            .await
+            .unwrap()
     }
 
     pub async fn draft_invoice_for(&self, patient: &str, currency: &str, total: i64) -> Value {
