@@ -13,23 +13,35 @@ use std::time::Duration;
 use carebill::db::Backend;
 use common::*;
 
+/// A server process, killed and reaped when dropped (also when a test panics).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the binary on a free port against `database_url`, with `failpoints` armed.
-async fn start_binary(database_url: &str, failpoints: &str) -> (Child, String) {
+async fn start_binary(database_url: &str, failpoints: &str) -> (Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_carebill"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .env("DATABASE_URL", database_url)
-        .env("CAREBILL_FAILPOINTS", failpoints)
-        .env("CAREBILL_IDEMPOTENCY_LEASE_MS", "300")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Server(
+        Command::new(env!("CARGO_BIN_EXE_carebill"))
+            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+            .env("DATABASE_URL", database_url)
+            .env("CAREBILL_FAILPOINTS", failpoints)
+            .env("CAREBILL_IDEMPOTENCY_LEASE_MS", "300")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..200 {
         if reqwest::get(format!("{base}/healthz")).await.is_ok() {
@@ -40,9 +52,9 @@ async fn start_binary(database_url: &str, failpoints: &str) -> (Child, String) {
     panic!("binary did not start");
 }
 
-async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+async fn wait_exit(child: &mut Server) -> std::process::ExitStatus {
     for _ in 0..200 {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             return status;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -89,7 +101,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
     );
 
     // 2. Restart without the fail point and retry with the same key after the lease runs out.
-    let (mut child, base) = start_binary(&url, "").await;
+    let (child, base) = start_binary(&url, "").await;
     let client = ApiClient::new(&base, &key);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = client
@@ -108,8 +120,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
     assert!(again.replayed);
     assert_eq!(again.body, r.body);
     let pay_id = r.body["id"].clone();
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(child);
 
     // 3. The refund: same crash, same recovery.
     let (mut child, base) = start_binary(&url, "refund_after_processor").await;
@@ -122,7 +133,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
         .is_err());
     wait_exit(&mut child).await;
     assert_eq!(app.count("simulator_refunds").await, 1);
-    let (mut child, base) = start_binary(&url, "").await;
+    let (child, base) = start_binary(&url, "").await;
     let client = ApiClient::new(&base, &key);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = client
@@ -139,8 +150,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
         .unwrap()
         .body;
     assert_eq!(p["amount_refunded"], 2500);
-    child.kill().unwrap();
-    let _ = child.wait();
+    drop(child);
 
     app.assert_ledger_sound().await;
     app.finish().await;
