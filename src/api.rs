@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ApiError, ErrorType};
+use crate::error::ApiError;
 
 /// Largest request body accepted, in bytes. An invoice of [`crate::invoices::LINES_MAX`] lines
 /// with long descriptions fits comfortably.
@@ -34,31 +34,35 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .map(|v| v.split(';').next().unwrap_or("").trim() == "application/json")
             .unwrap_or(false);
         if !is_json {
-            return Err(ApiError::simple(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorType::InvalidRequestError,
+            return Err(ApiError::invalid(
+                "Content-Type",
                 "invalid_content_type",
                 "Send the request body as application/json.",
-            ));
+            )
+            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::simple(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ErrorType::InvalidRequestError,
-                    "body_too_large",
-                    "The request body is larger than the service accepts.",
-                )
-            } else {
-                ApiError::simple(
-                    StatusCode::BAD_REQUEST,
-                    ErrorType::InvalidRequestError,
-                    "invalid_body",
-                    "The request body could not be read.",
-                )
-            }
-        })?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| body_read_error(rejection.status()))?;
         parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// The error for a body that could not be read: 413 over [`REQUEST_BODY_BYTES_MAX`], else 400.
+pub fn body_read_error(status: StatusCode) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::invalid(
+            "body",
+            "body_too_large",
+            "The request body is larger than the service accepts.",
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    } else {
+        ApiError::invalid(
+            "body",
+            "invalid_body",
+            "The request body could not be read.",
+        )
     }
 }
 
@@ -66,22 +70,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
+        let path = e.path().clone();
         let inner = e.into_inner();
         match inner.classify() {
-            serde_json::error::Category::Data => data_error(&path, &inner.to_string()),
-            _ => ApiError::simple(
-                StatusCode::BAD_REQUEST,
-                ErrorType::InvalidRequestError,
+            serde_json::error::Category::Data => data_error(&path, &inner.to_string(), "body"),
+            _ => ApiError::invalid(
+                "body",
                 "invalid_json",
                 "The request body is not valid JSON.",
             ),
         }
     })?;
     de.end().map_err(|_| {
-        ApiError::simple(
-            StatusCode::BAD_REQUEST,
-            ErrorType::InvalidRequestError,
+        ApiError::invalid(
+            "body",
             "invalid_json",
             "The request body has trailing characters after the JSON document.",
         )
@@ -90,33 +92,43 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// A serde data error as an API error naming the parameter. Serde's own messages quote the
-/// value received, so only the "expected …" part of them is kept.
-fn data_error(path: &str, message: &str) -> ApiError {
-    let join = |field: &str| {
-        if path.is_empty() || path == "." {
-            field.to_owned()
-        } else {
-            format!("{path}.{field}")
-        }
+/// value received, so only the "expected …" part of them is kept. `root` names the whole
+/// document (`body` or `query`) when no single parameter is at fault.
+fn data_error(path: &serde_path_to_error::Path, message: &str, root: &str) -> ApiError {
+    let parent = parent_path(path);
+    let path = path.to_string();
+    // `field` inside the object at `path`; the object itself when the field is not a plain name.
+    let name = |path: &str, field: Option<String>| match (path.is_empty() || path == ".", field) {
+        (true, Some(field)) => field,
+        (false, Some(field)) => format!("{path}.{field}"),
+        (true, None) => root.to_owned(),
+        (false, None) => path.to_owned(),
     };
-    // serde_json appends " at line L column C"; drop it.
-    let message = message.split(" at line ").next().unwrap_or(message);
+    let message = strip_position(message);
     if let Some(field) = backticked(message, "missing field `") {
         return ApiError::invalid(
-            join(&field),
+            name(&path, field),
             "parameter_missing",
             "Missing required parameter.",
         );
     }
     if let Some(field) = backticked(message, "unknown field `") {
+        // The path already ends with the unknown key as sent: name it once, sanitized.
         return ApiError::invalid(
-            join(&field),
+            name(&parent, field),
             "parameter_unknown",
             "Received unknown parameter.",
         );
     }
+    if let Some(field) = backticked(message, "duplicate field `") {
+        return ApiError::invalid(
+            name(&path, field),
+            "parameter_invalid",
+            "Parameter sent more than once.",
+        );
+    }
     let param = if path.is_empty() || path == "." {
-        "body".to_owned()
+        root.to_owned()
     } else {
         path.to_owned()
     };
@@ -150,20 +162,46 @@ fn data_error(path: &str, message: &str) -> ApiError {
     ApiError::invalid(param, "parameter_invalid", message.to_owned())
 }
 
-/// The identifier-like text between `prefix` and the next backtick, if it looks like a field name.
-fn backticked(message: &str, prefix: &str) -> Option<String> {
+/// Drops the " at line L column C" serde_json appends, and only that: the value quoted earlier
+/// in the message may itself contain " at line ".
+fn strip_position(message: &str) -> &str {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match message.rsplit_once(" at line ") {
+        Some((head, tail))
+            if tail
+                .split_once(" column ")
+                .is_some_and(|(line, column)| digits(line) && digits(column)) =>
+        {
+            head
+        }
+        _ => message,
+    }
+}
+
+/// The path without its last segment, formatted as `serde_path_to_error` formats paths.
+fn parent_path(path: &serde_path_to_error::Path) -> String {
+    let segments = path.iter().len().saturating_sub(1);
+    let mut out = String::new();
+    for segment in path.iter().take(segments) {
+        if !out.is_empty() && !matches!(segment, serde_path_to_error::Segment::Seq { .. }) {
+            out.push('.');
+        }
+        out.push_str(&segment.to_string());
+    }
+    out
+}
+
+/// If `message` starts with `prefix`: the text up to the next backtick if it looks like a field
+/// name, else `None` (a client-chosen key is not repeated back).
+fn backticked(message: &str, prefix: &str) -> Option<Option<String>> {
     let rest = message.strip_prefix(prefix)?;
-    let field = rest.split('`').next()?;
+    let field = rest.split('`').next().unwrap_or("");
     let safe = !field.is_empty()
         && field.len() <= 64
         && field
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    Some(if safe {
-        field.to_owned()
-    } else {
-        "body".to_owned()
-    })
+    Some(safe.then(|| field.to_owned()))
 }
 
 /// A query string parsed into `T`, with errors that name the parameter.
@@ -178,9 +216,41 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
         serde_path_to_error::deserialize(de)
             .map(ApiQuery)
             .map_err(|e| {
-                let path = e.path().to_string();
-                data_error(&path, &e.into_inner().to_string())
+                let path = e.path().clone();
+                data_error(&path, &e.into_inner().to_string(), "query")
             })
+    }
+}
+
+/// A path parameter. axum's own rejection (e.g. for invalid UTF-8) is plain text; this one is
+/// the API's error object naming the parameter.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::{ErrorKind, Path};
+        use axum::extract::rejection::PathRejection;
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => {
+                let param = match &rejection {
+                    PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+                        ErrorKind::InvalidUtf8InPathParam { key }
+                        | ErrorKind::ParseErrorAtKey { key, .. }
+                        | ErrorKind::DeserializeError { key, .. } => key.clone(),
+                        _ => "id".to_owned(),
+                    },
+                    _ => "id".to_owned(),
+                };
+                Err(ApiError::invalid(
+                    param,
+                    "parameter_invalid",
+                    "Invalid path parameter.",
+                ))
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! invoice row are kept in the same transaction, and both the code and a database CHECK hold
 //! `amount_due = total - adjusted - paid + refunded`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,7 +21,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::api::{date_field, ok_json, parse_limit, text_field, ApiJson, ApiQuery, List};
+use crate::api::{date_field, ok_json, parse_limit, text_field, ApiJson, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
 use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
 use crate::error::{ApiError, ApiResult};
@@ -436,9 +436,16 @@ impl CreateInvoice {
                     "The invoice total is too large.",
                 )
             })?;
-            if amount.amount_minor() > AMOUNT_MINOR_MAX || total.amount_minor() > AMOUNT_MINOR_MAX {
+            if amount.amount_minor() > AMOUNT_MINOR_MAX {
                 return Err(ApiError::invalid(
                     p("quantity"),
+                    "amount_too_large",
+                    "The line amount is too large.",
+                ));
+            }
+            if total.amount_minor() > AMOUNT_MINOR_MAX {
+                return Err(ApiError::invalid(
+                    "lines",
                     "amount_too_large",
                     "The invoice total is too large.",
                 ));
@@ -545,7 +552,7 @@ fn path_invoice_id(id: &str) -> Result<InvoiceId, ApiError> {
 pub async fn get_invoice(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Invoice>> {
     principal.authorize(Action::InvoicesRead)?;
     let id = path_invoice_id(&id)?;
@@ -640,13 +647,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for EmptyBody {
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|_| {
-                ApiError::invalid(
-                    "body",
-                    "invalid_body",
-                    "The request body could not be read.",
-                )
-            })?;
+            .map_err(|rejection| crate::api::body_read_error(rejection.status()))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             Ok(EmptyBody(Empty {}))
         } else {
@@ -664,7 +665,7 @@ pub async fn finalize_invoice(
     State(state): State<AppState>,
     principal: Principal,
     key: IdempotencyKey,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     EmptyBody(req): EmptyBody,
 ) -> ApiResult<Response> {
     principal.authorize(Action::InvoicesWrite)?;
@@ -716,7 +717,7 @@ pub async fn void_invoice(
     State(state): State<AppState>,
     principal: Principal,
     key: IdempotencyKey,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     EmptyBody(req): EmptyBody,
 ) -> ApiResult<Response> {
     principal.authorize(Action::InvoicesWrite)?;
@@ -845,7 +846,7 @@ pub async fn create_adjustment(
     State(state): State<AppState>,
     principal: Principal,
     key: IdempotencyKey,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<CreateAdjustment>,
 ) -> ApiResult<Response> {
     principal.authorize(Action::InvoicesWrite)?;
@@ -921,7 +922,7 @@ pub async fn create_adjustment(
 pub async fn list_adjustments(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<List<Adjustment>>> {
     principal.authorize(Action::InvoicesRead)?;
     let id = path_invoice_id(&id)?;

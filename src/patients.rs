@@ -4,7 +4,7 @@
 //! validated here, never echoed in error messages or logged, and (with the data-protection
 //! issue) stored encrypted.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::api::{date_field, ok_json, text_field, ApiJson, ApiQuery, List, PageQuery};
+use crate::api::{date_field, ok_json, text_field, ApiJson, ApiPath, ApiQuery, List, PageQuery};
 use crate::auth::{Action, Principal};
 use crate::db::{now_us, us_to_rfc3339, Tx};
 use crate::error::{ApiError, ApiResult};
@@ -295,7 +295,7 @@ pub async fn update_patient(
     State(state): State<AppState>,
     principal: Principal,
     key: IdempotencyKey,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<UpdatePatient>,
 ) -> ApiResult<Response> {
     principal.authorize(Action::PatientsWrite)?;
@@ -349,7 +349,7 @@ pub async fn update_patient(
 pub async fn get_patient(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Patient>> {
     principal.authorize(Action::PatientsRead)?;
     let id = path_patient_id(&id)?;
@@ -429,7 +429,7 @@ pub struct StatementQuery {
 pub async fn statement(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<StatementQuery>,
 ) -> ApiResult<Json<Statement>> {
     principal.authorize(Action::InvoicesRead)?;

@@ -15,7 +15,7 @@
 //! post nothing (no money has moved). A decline answers 402 `card_error` with the decline code,
 //! and the failed payment is recorded and attached to the error.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -25,7 +25,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::api::{ok_json, parse_limit, ApiJson, ApiQuery, List};
+use crate::api::{ok_json, parse_limit, ApiJson, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
 use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
 use crate::error::{ApiError, ApiResult, ErrorType};
@@ -642,7 +642,7 @@ async fn respond(
 pub async fn get_payment(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Payment>> {
     principal.authorize(Action::PaymentsRead)?;
     let id = PaymentId::parse(&id)

@@ -13,7 +13,7 @@
 //!    Dr patient receivable (the rest, which re-opens that much of the invoice) / Cr processor
 //!    clearing; on failure the reservation is released.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -23,7 +23,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::api::{ok_json, parse_limit, text_field, ApiJson, ApiQuery, List};
+use crate::api::{ok_json, parse_limit, text_field, ApiJson, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
 use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
 use crate::error::{ApiError, ApiResult, ErrorType};
@@ -462,7 +462,7 @@ async fn respond(
 pub async fn get_refund(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Refund>> {
     principal.authorize(Action::RefundsRead)?;
     let id = RefundId::parse(&id)

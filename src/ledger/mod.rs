@@ -13,7 +13,7 @@ pub mod posting;
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::api::{parse_limit, timestamp_field, ApiQuery, List};
+use crate::api::{parse_limit, timestamp_field, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
 use crate::db::{placeholders, us_to_rfc3339};
 use crate::error::{ApiError, ApiResult};
@@ -178,7 +178,7 @@ pub struct AsOfQuery {
 pub async fn get_account(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<AsOfQuery>,
 ) -> ApiResult<Json<Account>> {
     principal.authorize(Action::LedgerRead)?;
@@ -398,7 +398,7 @@ pub async fn list_entries(
 pub async fn get_entry(
     State(state): State<AppState>,
     principal: Principal,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Entry>> {
     principal.authorize(Action::LedgerRead)?;
     let id = EntryId::parse(&id)
