@@ -1,24 +1,30 @@
 //! Idempotency keys: a retried request never moves money twice.
 //!
 //! A client sends `Idempotency-Key: <uuid>` (required on payments and refunds, accepted on
-//! every POST). Keys are scoped to the caller. The first request with a key *claims* it:
+//! every POST). Keys are scoped to the caller.
 //!
 //! ```text
-//!  started ──(tx A: payment row + phase)──► processor_called ──(tx B: effects + response)──► finished
+//!  (none) ──tx A: key row + first effects──► processor_called ──tx B: effects + response──► finished
+//!  (none) ──the one transaction of a non-money request: key row + effects + response────► finished
 //! ```
 //!
-//! - `finished`: the saved status and body are replayed, with `Idempotent-Replayed: true`.
-//! - a different request (method, path or canonical body) with the same key: 422
-//!   `idempotency_key_reused`.
-//! - another request holds the key's lease: 409 `idempotency_key_in_use`.
-//! - the lease ran out without `finished` (the process crashed or gave up): the next request
-//!   takes the key over and *resumes* from the recorded phase; a payment in `processor_called`
-//!   calls the processor again with the same derived key, which returns the first outcome.
+//! The key row is inserted *inside the request's first write transaction*: a request that fails
+//! before that commits leaves no trace, so the client may fix it and retry with the same key,
+//! and the common path costs no extra commit. Before the work starts, one read decides:
 //!
-//! The response is saved in the same transaction as the effects, so there is no window in
-//! which the money moved but the key does not say so. A request that fails while still in
-//! `started` did nothing, so its key is released (deleted) and the client may fix the request
-//! and retry with the same key.
+//! - no row: the work runs; if a concurrent duplicate committed the row first, the insert
+//!   finds it and the request answers 409 `idempotency_key_in_use`;
+//! - `finished`: the saved status and body are replayed, with `Idempotent-Replayed: true`;
+//! - a different request (method, path or canonical body) under the key: 422
+//!   `idempotency_key_reused`;
+//! - another request holds the key's lease: 409 `idempotency_key_in_use`;
+//! - the lease ran out without `finished` (the holder crashed or gave up): this request takes the
+//!   key over and *resumes*; a payment in `processor_called` calls the processor again with the
+//!   same derived key, which returns the first outcome instead of charging again.
+//!
+//! The response is saved in the same transaction as the final effects, so there is no window in
+//! which money moved but the key does not say so. Each holder carries a random lease token, so
+//! releasing a lease can only ever release one's own.
 
 use std::future::Future;
 
@@ -33,14 +39,13 @@ use sqlx::Row;
 use crate::auth::Principal;
 use crate::db::{now_us, Tx};
 use crate::error::{ApiError, ErrorType};
+use crate::ids::random_base62;
 use crate::AppState;
 
 pub const HEADER: &str = "idempotency-key";
 /// Rows deleted per statement by the expiry sweep, and statements per sweep.
 const SWEEP_BATCH_ROWS: i64 = 500;
 const SWEEP_BATCHES_MAX: u32 = 20;
-/// Attempts to claim a key when it changes under us (deleted by a release or the sweep).
-const CLAIM_ATTEMPTS_MAX: u32 = 3;
 
 /// The `Idempotency-Key` header, if sent, checked to be a UUID.
 #[derive(Debug, Clone)]
@@ -91,20 +96,51 @@ pub enum Phase {
 pub struct Claim {
     scope: String,
     key: String,
+    fingerprint: String,
+    /// Proves this holder owns the lease (a release never touches another holder's).
+    lease_token: String,
+    lease_until_us: i64,
+    /// No row yet: [`claim`] inserts it in the request's first transaction.
+    fresh: bool,
     /// How far an earlier holder of this key got (Started for a fresh key).
     pub phase: Phase,
     /// The payment or refund an earlier holder created, to resume.
     pub resource_id: Option<String>,
 }
 
-/// What a request with an idempotency key has to do.
-enum Begin {
-    Fresh(Claim),
+/// What the key's row says before the work starts.
+enum Lookup {
+    Run(Claim),
     Replay(StatusCode, String),
 }
 
 /// The key of a request, or none (the request is simply executed).
 pub type MaybeClaim = Option<Claim>;
+
+/// Inserts a fresh claim's key row; the first statement of the request's first write
+/// transaction. A no-op without a key or for a resumed claim (its row exists). When a
+/// concurrent duplicate committed the row first, answers 409 `idempotency_key_in_use`.
+pub async fn claim(tx: &mut Tx, claim: &MaybeClaim) -> Result<(), ApiError> {
+    let Some(c) = claim.as_ref().filter(|c| c.fresh) else {
+        return Ok(());
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (principal_id, key, request_sha256, phase, lease_token, locked_until_us, created_at_us) \
+         VALUES ($1, $2, $3, 'started', $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(&c.scope)
+    .bind(&c.key)
+    .bind(&c.fingerprint)
+    .bind(&c.lease_token)
+    .bind(c.lease_until_us)
+    .bind(now_us())
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() != 1 {
+        return Err(in_use());
+    }
+    Ok(())
+}
 
 /// Saves `status`/`body` as the final response of `claim`, inside the transaction that made
 /// the request's effects. A no-op without a key.
@@ -176,9 +212,9 @@ where
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
-    let claim = match begin(state, principal.idempotency_scope(), &key, &fingerprint).await {
-        Ok(Begin::Fresh(claim)) => claim,
-        Ok(Begin::Replay(status, body)) => return replay(status, body),
+    let claim = match lookup(state, principal.idempotency_scope(), &key, &fingerprint).await {
+        Ok(Lookup::Run(claim)) => claim,
+        Ok(Lookup::Replay(status, body)) => return replay(status, body),
         Err(e) => return e.into_response(),
     };
     let released = claim.clone();
@@ -231,136 +267,115 @@ fn in_use() -> ApiError {
     )
 }
 
-async fn begin(
+async fn lookup(
     state: &AppState,
     scope: &str,
     key: &str,
     fingerprint: &str,
-) -> Result<Begin, ApiError> {
+) -> Result<Lookup, ApiError> {
     let pool = &state.db.pool;
     let lease_us = state.config.idempotency_lease_ms.saturating_mul(1000);
     let ttl_us = state
         .config
         .idempotency_ttl_seconds
         .saturating_mul(1_000_000);
-    for _ in 0..CLAIM_ATTEMPTS_MAX {
-        let now = now_us();
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (principal_id, key, request_sha256, phase, locked_until_us, created_at_us) \
-             VALUES ($1, $2, $3, 'started', $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(scope)
-        .bind(key)
-        .bind(fingerprint)
-        .bind(now.saturating_add(lease_us))
-        .bind(now)
-        .execute(pool)
-        .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(Begin::Fresh(Claim {
-                scope: scope.to_owned(),
-                key: key.to_owned(),
-                phase: Phase::Started,
-                resource_id: None,
-            }));
-        }
-        let Some(row) = sqlx::query(
-            "SELECT request_sha256, phase, resource_id, response_status, response_body, locked_until_us, created_at_us \
-             FROM idempotency_keys WHERE principal_id = $1 AND key = $2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(pool)
-        .await?
-        else {
-            continue; // released between our insert and select: try to claim again
-        };
-        let phase: String = row.try_get("phase")?;
-        let created: i64 = row.try_get("created_at_us")?;
-        let locked_until: i64 = row.try_get("locked_until_us")?;
-        if phase != "processor_called" && now.saturating_sub(created) > ttl_us && locked_until < now
-        {
-            // Expired (the sweep has not reached it yet): the key is free again.
-            sqlx::query("DELETE FROM idempotency_keys WHERE principal_id = $1 AND key = $2 AND created_at_us = $3")
-                .bind(scope)
-                .bind(key)
-                .bind(created)
-                .execute(pool)
-                .await?;
-            continue;
-        }
-        let stored: String = row.try_get("request_sha256")?;
-        if stored != fingerprint {
-            return Err(ApiError::simple(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorType::IdempotencyError,
-                "idempotency_key_reused",
-                "This Idempotency-Key was used with a different request; use a fresh key for a new request.",
-            ));
-        }
-        if phase == "finished" {
-            let status: i64 = row.try_get("response_status")?;
-            let body: String = row.try_get("response_body")?;
-            let status = u16::try_from(status)
-                .ok()
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .ok_or_else(|| anyhow::anyhow!("stored idempotent status out of range"))?;
-            return Ok(Begin::Replay(status, body));
-        }
-        if locked_until > now {
-            return Err(in_use());
-        }
-        // The holder's lease ran out without finishing: take the key over, atomically.
-        let taken = sqlx::query(
-            "UPDATE idempotency_keys SET locked_until_us = $1 \
-             WHERE principal_id = $2 AND key = $3 AND locked_until_us = $4 AND phase <> 'finished'",
-        )
-        .bind(now.saturating_add(lease_us))
-        .bind(scope)
-        .bind(key)
-        .bind(locked_until)
-        .execute(pool)
-        .await?;
-        if taken.rows_affected() != 1 {
-            return Err(in_use());
-        }
-        let resource_id: Option<String> = row.try_get("resource_id")?;
-        tracing::warn!(
-            phase,
-            "resuming a request whose earlier attempt did not finish"
-        );
-        return Ok(Begin::Fresh(Claim {
-            scope: scope.to_owned(),
-            key: key.to_owned(),
-            phase: if phase == "processor_called" {
-                Phase::ProcessorCalled
-            } else {
-                Phase::Started
-            },
-            resource_id,
-        }));
-    }
-    Err(in_use())
-}
-
-/// After a failed attempt: a key still in `started` did nothing and is deleted; a key past it
-/// keeps its phase and only gives up its lease, so the next retry resumes at once.
-async fn release(state: &AppState, claim: &Claim) -> Result<(), sqlx::Error> {
-    let pool = &state.db.pool;
-    sqlx::query(
-        "DELETE FROM idempotency_keys WHERE principal_id = $1 AND key = $2 AND phase = 'started'",
+    let now = now_us();
+    let mut claim = Claim {
+        scope: scope.to_owned(),
+        key: key.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        lease_token: random_base62(16),
+        lease_until_us: now.saturating_add(lease_us),
+        fresh: true,
+        phase: Phase::Started,
+        resource_id: None,
+    };
+    let Some(row) = sqlx::query(
+        "SELECT request_sha256, phase, resource_id, response_status, response_body, locked_until_us, created_at_us \
+         FROM idempotency_keys WHERE principal_id = $1 AND key = $2",
     )
-    .bind(&claim.scope)
-    .bind(&claim.key)
+    .bind(scope)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(Lookup::Run(claim));
+    };
+    let phase: String = row.try_get("phase")?;
+    let created: i64 = row.try_get("created_at_us")?;
+    let locked_until: i64 = row.try_get("locked_until_us")?;
+    if phase != "processor_called" && now.saturating_sub(created) > ttl_us && locked_until < now {
+        // Expired (the sweep has not reached it yet): the key is free again.
+        sqlx::query("DELETE FROM idempotency_keys WHERE principal_id = $1 AND key = $2 AND created_at_us = $3")
+            .bind(scope)
+            .bind(key)
+            .bind(created)
+            .execute(pool)
+            .await?;
+        return Ok(Lookup::Run(claim));
+    }
+    let stored: String = row.try_get("request_sha256")?;
+    if stored != fingerprint {
+        return Err(ApiError::simple(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorType::IdempotencyError,
+            "idempotency_key_reused",
+            "This Idempotency-Key was used with a different request; use a fresh key for a new request.",
+        ));
+    }
+    if phase == "finished" {
+        let status: i64 = row.try_get("response_status")?;
+        let body: String = row.try_get("response_body")?;
+        let status = u16::try_from(status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .ok_or_else(|| anyhow::anyhow!("stored idempotent status out of range"))?;
+        return Ok(Lookup::Replay(status, body));
+    }
+    if locked_until > now {
+        return Err(in_use());
+    }
+    // The holder's lease ran out without finishing: take the key over, atomically.
+    let taken = sqlx::query(
+        "UPDATE idempotency_keys SET locked_until_us = $1, lease_token = $2 \
+         WHERE principal_id = $3 AND key = $4 AND locked_until_us = $5 AND phase <> 'finished'",
+    )
+    .bind(claim.lease_until_us)
+    .bind(&claim.lease_token)
+    .bind(scope)
+    .bind(key)
+    .bind(locked_until)
     .execute(pool)
     .await?;
+    if taken.rows_affected() != 1 {
+        return Err(in_use());
+    }
+    tracing::warn!(
+        phase,
+        "resuming a request whose earlier attempt did not finish"
+    );
+    claim.fresh = false;
+    claim.phase = if phase == "processor_called" {
+        Phase::ProcessorCalled
+    } else {
+        Phase::Started
+    };
+    claim.resource_id = row.try_get("resource_id")?;
+    Ok(Lookup::Run(claim))
+}
+
+/// After a failed attempt: a key whose row this attempt committed (phase `processor_called`)
+/// keeps its phase and only gives up its lease, so the next retry resumes at once. A fresh
+/// claim whose transaction rolled back has no row, and another holder's row is never touched.
+async fn release(state: &AppState, claim: &Claim) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE idempotency_keys SET locked_until_us = 0 \
-         WHERE principal_id = $1 AND key = $2 AND phase = 'processor_called'",
+         WHERE principal_id = $1 AND key = $2 AND lease_token = $3 AND phase <> 'finished'",
     )
     .bind(&claim.scope)
     .bind(&claim.key)
-    .execute(pool)
+    .bind(&claim.lease_token)
+    .execute(&state.db.pool)
     .await?;
     Ok(())
 }

@@ -488,6 +488,7 @@ pub async fn create_invoice(
             .write(|tx| {
                 let (claim, v) = (claim.clone(), valid.clone());
                 Box::pin(async move {
+                    idempotency::claim(tx, &claim).await?;
                     if !crate::patients::exists(tx, &v.patient).await? {
                         return Err(ApiError::not_found("patient", "patient"));
                     }
@@ -678,6 +679,7 @@ pub async fn finalize_invoice(
             .write(|tx| {
                 let (claim, id) = (claim.clone(), id.clone());
                 Box::pin(async move {
+                    idempotency::claim(tx, &claim).await?;
                     let invoice = lock(tx, backend, &id, "id").await?;
                     if invoice.status != "draft" {
                         return Err(ApiError::refused("id", "invoice_not_draft", "Only a draft invoice can be finalized."));
@@ -690,16 +692,17 @@ pub async fn finalize_invoice(
                     )
                     .debit(patient_account_id(Code::PatientReceivables, invoice.currency, &invoice.patient), invoice.total)
                     .credit(account_id(Code::Revenue, invoice.currency), invoice.total)?;
-                    let entry_id = posting::post(tx, backend, entry).await?;
                     sqlx::query(
                         "UPDATE invoices SET status = 'open', finalize_entry_id = $1, finalized_at_us = $2 WHERE id = $3 AND status = 'draft'",
                     )
-                    .bind(entry_id.as_str())
+                    .bind(entry.id.as_str())
                     .bind(now_us())
                     .bind(id.as_str())
                     .execute(&mut **tx)
                     .await?;
-                    respond(tx, &claim, &id).await
+                    let response = respond(tx, &claim, &id).await?;
+                    posting::post(tx, backend, entry).await?; // last: revenue is a hot account
+                    Ok(response)
                 })
             })
             .await
@@ -730,6 +733,7 @@ pub async fn void_invoice(
             .write(|tx| {
                 let (claim, id) = (claim.clone(), id.clone());
                 Box::pin(async move {
+                    idempotency::claim(tx, &claim).await?;
                     let invoice = lock(tx, backend, &id, "id").await?;
                     if invoice.status == "void" {
                         return Err(ApiError::refused("id", "invoice_already_void", "The invoice is already void."));
@@ -866,6 +870,7 @@ pub async fn create_adjustment(
             .write(|tx| {
                 let (claim, id, reason) = (claim.clone(), id.clone(), reason.clone());
                 Box::pin(async move {
+                    idempotency::claim(tx, &claim).await?;
                     let mut invoice = lock(tx, backend, &id, "id").await?;
                     if !invoice.is_open() || invoice.due.is_zero() {
                         return Err(ApiError::refused("id", "invoice_not_open", "Adjustments apply only to an open invoice with an amount due."));
@@ -887,7 +892,6 @@ pub async fn create_adjustment(
                     )
                     .debit(account_id(kind.account(), invoice.currency), amount)
                     .credit(patient_account_id(Code::PatientReceivables, invoice.currency, &invoice.patient), amount)?;
-                    let entry_id = posting::post(tx, backend, entry).await?;
                     sqlx::query(
                         "INSERT INTO adjustments (id, invoice_id, kind, amount_minor, currency, reason, journal_entry_id, created_at_us) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -898,7 +902,7 @@ pub async fn create_adjustment(
                     .bind(amount.amount_minor())
                     .bind(invoice.currency.code())
                     .bind(&reason)
-                    .bind(entry_id.as_str())
+                    .bind(entry.id.as_str())
                     .bind(now_us())
                     .execute(&mut **tx)
                     .await?;
@@ -907,6 +911,7 @@ pub async fn create_adjustment(
                     let row = sqlx::query("SELECT * FROM adjustments WHERE id = $1").bind(adjustment_id.as_str()).fetch_one(&mut **tx).await?;
                     let (status, body) = ok_json(&adjustment_from_row(&row)?)?;
                     idempotency::finish(tx, &claim, status, &body).await?;
+                    posting::post(tx, backend, entry).await?; // last: the contra account is hot
                     Ok((status, body))
                 })
             })

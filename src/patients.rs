@@ -248,6 +248,7 @@ pub async fn create_patient(
             .write(|tx| {
                 let (claim, p) = (claim.clone(), valid.clone());
                 Box::pin(async move {
+                    idempotency::claim(tx, &claim).await?;
                     let id = PatientId::generate();
                     let now = now_us();
                     sqlx::query(
@@ -317,6 +318,7 @@ pub async fn update_patient(
             .write(|tx| {
                 let (claim, id, email, phone, address) = (claim.clone(), id.clone(), email.clone(), phone.clone(), address.clone());
                 Box::pin(async move {
+                    idempotency::claim(tx, &claim).await?;
                     let updated = sqlx::query(
                         "UPDATE patients SET email = COALESCE($1, email), phone = COALESCE($2, phone), \
                          address_json = COALESCE($3, address_json), updated_at_us = $4 WHERE id = $5",

@@ -35,7 +35,7 @@ use crate::invoices::{self, amount_field, currency_field};
 use crate::ledger::accounts::{account_id, ensure_patient_accounts, patient_account_id, Code};
 use crate::ledger::posting::{self, EntryKind, NewEntry, References};
 use crate::money::{Currency, Money, PositiveAmount};
-use crate::processor::{ChargeOutcome, ChargeRequest, ProcessorError};
+use crate::processor::{CardSummary, ChargeOutcome, ChargeRequest, ProcessorError};
 use crate::AppState;
 
 const PAYMENT_METHOD_CHARS_MAX: usize = 100;
@@ -314,19 +314,19 @@ async fn execute(
         .as_ref()
         .filter(|c| c.phase == Phase::ProcessorCalled)
         .and_then(|c| c.resource_id.clone());
-    let payment_id = match resumed {
-        Some(id) => PaymentId::from_db(id),
+    let payment = match resumed {
+        Some(id) => {
+            let row = sqlx::query(&format!(
+                "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_one(&state.db.pool)
+            .await?;
+            PaymentRow::from_row(&row)?
+        }
         None => record(state, &claim, &req).await?,
     };
-    let payment = {
-        let row = sqlx::query(&format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
-        ))
-        .bind(payment_id.as_str())
-        .fetch_one(&state.db.pool)
-        .await?;
-        PaymentRow::from_row(&row)?
-    };
+    let payment_id = payment.id.clone();
     let outcome = if payment.status == "pending" {
         let request = ChargeRequest {
             idempotency_key: payment.processor_key.clone(),
@@ -350,13 +350,14 @@ async fn execute(
 }
 
 /// tx A: checks the invoice or patient, records the pending payment, marks the key.
-async fn record(state: &AppState, claim: &MaybeClaim, req: &ValidPayment) -> ApiResult<PaymentId> {
+async fn record(state: &AppState, claim: &MaybeClaim, req: &ValidPayment) -> ApiResult<PaymentRow> {
     let backend = state.db.backend;
     state
         .db
         .write(|tx| {
             let (claim, req) = (claim.clone(), req.clone());
             Box::pin(async move {
+                idempotency::claim(tx, &claim).await?;
                 let patient = match &req.invoice {
                     Some(invoice_id) => {
                         let invoice = invoices::lock(tx, backend, invoice_id, "invoice").await?;
@@ -398,7 +399,22 @@ async fn record(state: &AppState, claim: &MaybeClaim, req: &ValidPayment) -> Api
                 .execute(&mut **tx)
                 .await?;
                 idempotency::mark_processor_called(tx, &claim, id.as_str()).await?;
-                Ok(id)
+                let zero = Money::zero(req.currency);
+                Ok(PaymentRow {
+                    processor_key: format!("carebill-{id}"),
+                    id,
+                    patient,
+                    invoice: req.invoice.clone(),
+                    amount: req.amount.of(req.currency),
+                    status: "pending".to_owned(),
+                    payment_method: req.payment_method.clone(),
+                    charge_id: None,
+                    applied: zero,
+                    credited: zero,
+                    refunded_applied: zero,
+                    refunded_credited: zero,
+                    refund_reserved: zero,
+                })
             })
         })
         .await
@@ -470,17 +486,10 @@ async fn apply_outcome(
             ))
         }
         Some(Ok(ChargeOutcome::Succeeded { charge_id, card })) => {
-            let entry_id = capture(tx, backend, &payment).await?;
-            sqlx::query("UPDATE payments SET processor_charge_id = $1, card_brand = $2, card_last4 = $3, journal_entry_id = $4, updated_at_us = $5 WHERE id = $6")
-                .bind(charge_id)
-                .bind(card.brand)
-                .bind(card.last4)
-                .bind(entry_id.as_str())
-                .bind(now)
-                .bind(id.as_str())
-                .execute(&mut **tx)
-                .await?;
-            respond(tx, claim, id).await
+            let entry = capture(tx, backend, &payment, &charge_id, &card).await?;
+            let response = respond(tx, claim, id).await?;
+            posting::post(tx, backend, entry).await?;
+            Ok(response)
         }
         Some(Ok(ChargeOutcome::Processing { charge_id, card })) => {
             sqlx::query("UPDATE payments SET status = 'processing', processor_charge_id = $1, card_brand = $2, card_last4 = $3, updated_at_us = $4 WHERE id = $5")
@@ -555,13 +564,16 @@ fn decline_code_static(code: &str) -> &'static str {
         .unwrap_or("card_declined")
 }
 
-/// Posts a captured payment: Dr clearing; Cr the patient's receivable for what the invoice still
-/// owes, Cr the patient's credit balance for the rest. Updates the invoice and the payment.
+/// Applies a captured payment to the invoice and the payment row and returns the entry to post
+/// (last, see `ledger::posting`): Dr clearing; Cr the patient's receivable for what the invoice
+/// still owes, Cr the patient's credit balance for the rest.
 async fn capture(
     tx: &mut Tx,
     backend: Backend,
     payment: &PaymentRow,
-) -> ApiResult<crate::ids::EntryId> {
+    charge_id: &str,
+    card: &CardSummary,
+) -> ApiResult<NewEntry> {
     let currency = payment.currency();
     let mut invoice = match &payment.invoice {
         Some(i) => Some(invoices::lock(tx, backend, i, "invoice").await?),
@@ -601,18 +613,26 @@ async fn capture(
         patient_account_id(Code::PatientCredit, currency, &payment.patient),
         credited,
     )?;
-    let entry_id = posting::post(tx, backend, entry).await?;
     if let Some(inv) = invoice.as_mut() {
         inv.paid = inv.paid.checked_add(applied)?;
         inv.save_amounts(tx).await?;
     }
-    sqlx::query("UPDATE payments SET status = 'succeeded', amount_applied_minor = $1, amount_credited_minor = $2 WHERE id = $3")
-        .bind(applied.amount_minor())
-        .bind(credited.amount_minor())
-        .bind(payment.id.as_str())
-        .execute(&mut **tx)
-        .await?;
-    Ok(entry_id)
+    sqlx::query(
+        "UPDATE payments SET status = 'succeeded', amount_applied_minor = $1, amount_credited_minor = $2, \
+         processor_charge_id = $3, card_brand = $4, card_last4 = $5, journal_entry_id = $6, updated_at_us = $7 \
+         WHERE id = $8",
+    )
+    .bind(applied.amount_minor())
+    .bind(credited.amount_minor())
+    .bind(charge_id)
+    .bind(&card.brand)
+    .bind(&card.last4)
+    .bind(entry.id.as_str())
+    .bind(now_us())
+    .bind(payment.id.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(entry)
 }
 
 /// Fails the transaction (as an internal error) when a money invariant does not hold.

@@ -228,6 +228,7 @@ async fn reserve(state: &AppState, claim: &MaybeClaim, req: &ValidRefund) -> Api
         .write(|tx| {
             let (claim, req) = (claim.clone(), req.clone());
             Box::pin(async move {
+                idempotency::claim(tx, &claim).await?;
                 let payment = payments::lock(tx, backend, &req.payment, "payment").await?;
                 if payment.status != "succeeded" {
                     return Err(ApiError::refused("payment", "payment_not_refundable", "Only a succeeded payment can be refunded."));
@@ -352,27 +353,24 @@ async fn apply_outcome(
             respond(tx, claim, id).await
         }
         Some(Ok(RefundOutcome::Succeeded { refund_id })) => {
-            let entry_id = settle(tx, backend, &payment, id, amount).await?;
-            sqlx::query("UPDATE refunds SET processor_refund_id = $1, journal_entry_id = $2, updated_at_us = $3 WHERE id = $4")
-                .bind(refund_id)
-                .bind(entry_id.as_str())
-                .bind(now)
-                .bind(id.as_str())
-                .execute(&mut **tx)
-                .await?;
-            respond(tx, claim, id).await
+            let entry = settle(tx, backend, &payment, id, amount, &refund_id).await?;
+            let response = respond(tx, claim, id).await?;
+            posting::post(tx, backend, entry).await?;
+            Ok(response)
         }
     }
 }
 
-/// Posts a succeeded refund and moves the payment's and invoice's amounts.
+/// Moves the payment's, invoice's and refund's amounts for a succeeded refund and returns the
+/// entry to post (last, see `ledger::posting`).
 async fn settle(
     tx: &mut Tx,
     backend: Backend,
     payment: &payments::PaymentRow,
     id: &RefundId,
     amount: Money,
-) -> ApiResult<crate::ids::EntryId> {
+    processor_refund_id: &str,
+) -> ApiResult<NewEntry> {
     let currency = payment.currency();
     // The overpaid (credited) part goes back first, then the part applied to the invoice.
     let credit_left = payment.credited.checked_sub(payment.refunded_credited)?;
@@ -413,7 +411,6 @@ async fn settle(
         from_invoice,
     )
     .credit(account_id(Code::ProcessorClearing, currency), amount)?;
-    let entry_id = posting::post(tx, backend, entry).await?;
 
     if let Some(inv) = invoice.as_mut() {
         inv.refunded = inv.refunded.checked_add(from_invoice)?;
@@ -430,13 +427,19 @@ async fn settle(
     .bind(payment.id.as_str())
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE refunds SET status = 'succeeded', applied_minor = $1, credited_minor = $2 WHERE id = $3")
-        .bind(from_invoice.amount_minor())
-        .bind(from_credit.amount_minor())
-        .bind(id.as_str())
+    sqlx::query(
+        "UPDATE refunds SET status = 'succeeded', applied_minor = $1, credited_minor = $2, processor_refund_id = $3, \
+         journal_entry_id = $4, updated_at_us = $5 WHERE id = $6",
+    )
+    .bind(from_invoice.amount_minor())
+    .bind(from_credit.amount_minor())
+    .bind(processor_refund_id)
+    .bind(entry.id.as_str())
+    .bind(now_us())
+    .bind(id.as_str())
         .execute(&mut **tx)
         .await?;
-    Ok(entry_id)
+    Ok(entry)
 }
 
 async fn respond(

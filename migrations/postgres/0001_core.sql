@@ -7,6 +7,9 @@
 --   * Amounts are BIGINT minor units, suffixed `_minor`; currencies are lowercase ISO 4217.
 --   * Timestamps are BIGINT microseconds since the Unix epoch, suffixed `_us`: one portable,
 --     indexable representation on both backends. Calendar dates are TEXT 'YYYY-MM-DD'.
+--   * Foreign keys to journal_entries are checked at commit (DEFERRABLE INITIALLY DEFERRED):
+--     code posts the entry last in its transaction, after the rows that point at it, so the
+--     hot ledger accounts stay locked as briefly as possible (src/ledger/posting.rs).
 --   * Every money rule the code asserts is asserted here again (CHECKs and triggers), so a bug
 --     in the code is refused by the database instead of corrupting the books.
 
@@ -224,8 +227,8 @@ CREATE TABLE invoices (
     amount_paid_minor     BIGINT NOT NULL DEFAULT 0 CHECK (amount_paid_minor >= 0),
     amount_refunded_minor BIGINT NOT NULL DEFAULT 0 CHECK (amount_refunded_minor >= 0 AND amount_refunded_minor <= amount_paid_minor),
     amount_due_minor      BIGINT NOT NULL CHECK (amount_due_minor >= 0),
-    finalize_entry_id     TEXT REFERENCES journal_entries (id),
-    void_entry_id         TEXT REFERENCES journal_entries (id),
+    finalize_entry_id     TEXT REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
+    void_entry_id         TEXT REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
     created_at_us         BIGINT NOT NULL,
     finalized_at_us       BIGINT,
     voided_at_us          BIGINT,
@@ -257,7 +260,7 @@ CREATE TABLE adjustments (
     amount_minor     BIGINT NOT NULL CHECK (amount_minor > 0),
     currency         TEXT NOT NULL,
     reason           TEXT NOT NULL,
-    journal_entry_id TEXT NOT NULL REFERENCES journal_entries (id),
+    journal_entry_id TEXT NOT NULL REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
     created_at_us    BIGINT NOT NULL
 );
 CREATE INDEX adjustments_invoice ON adjustments (invoice_id);
@@ -285,7 +288,7 @@ CREATE TABLE payments (
     refunded_applied_minor   BIGINT NOT NULL DEFAULT 0 CHECK (refunded_applied_minor >= 0 AND refunded_applied_minor <= amount_applied_minor),
     refunded_credited_minor  BIGINT NOT NULL DEFAULT 0 CHECK (refunded_credited_minor >= 0 AND refunded_credited_minor <= amount_credited_minor),
     amount_refund_reserved_minor BIGINT NOT NULL DEFAULT 0 CHECK (amount_refund_reserved_minor >= 0),
-    journal_entry_id         TEXT REFERENCES journal_entries (id),
+    journal_entry_id         TEXT REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
     created_at_us            BIGINT NOT NULL,
     updated_at_us            BIGINT NOT NULL,
     CHECK (status <> 'succeeded' OR amount_applied_minor + amount_credited_minor = amount_minor),
@@ -312,7 +315,7 @@ CREATE TABLE refunds (
     -- part, then from the part applied to the invoice (which re-opens that much of the bill)
     applied_minor             BIGINT NOT NULL DEFAULT 0 CHECK (applied_minor >= 0),
     credited_minor            BIGINT NOT NULL DEFAULT 0 CHECK (credited_minor >= 0),
-    journal_entry_id          TEXT REFERENCES journal_entries (id),
+    journal_entry_id          TEXT REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
     created_at_us             BIGINT NOT NULL,
     updated_at_us             BIGINT NOT NULL,
     CHECK (status <> 'succeeded' OR applied_minor + credited_minor = amount_minor),
@@ -332,6 +335,8 @@ CREATE TABLE idempotency_keys (
     resource_id         TEXT,
     response_status     BIGINT,
     response_body       TEXT,
+    -- random per holder: a holder releases only its own lease
+    lease_token         TEXT NOT NULL,
     locked_until_us     BIGINT NOT NULL,
     created_at_us       BIGINT NOT NULL,
     PRIMARY KEY (principal_id, key),

@@ -163,8 +163,8 @@ CREATE TABLE invoices (
     amount_paid_minor     INTEGER NOT NULL DEFAULT 0 CHECK (amount_paid_minor >= 0),
     amount_refunded_minor INTEGER NOT NULL DEFAULT 0 CHECK (amount_refunded_minor >= 0 AND amount_refunded_minor <= amount_paid_minor),
     amount_due_minor      INTEGER NOT NULL CHECK (amount_due_minor >= 0),
-    finalize_entry_id     TEXT REFERENCES journal_entries (id),
-    void_entry_id         TEXT REFERENCES journal_entries (id),
+    finalize_entry_id     TEXT REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
+    void_entry_id         TEXT REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
     created_at_us         INTEGER NOT NULL,
     finalized_at_us       INTEGER,
     voided_at_us          INTEGER,
@@ -196,7 +196,7 @@ CREATE TABLE adjustments (
     amount_minor     INTEGER NOT NULL CHECK (amount_minor > 0),
     currency         TEXT NOT NULL,
     reason           TEXT NOT NULL,
-    journal_entry_id TEXT NOT NULL REFERENCES journal_entries (id),
+    journal_entry_id TEXT NOT NULL REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
     created_at_us    INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX adjustments_invoice ON adjustments (invoice_id);
@@ -221,7 +221,7 @@ CREATE TABLE payments (
     refunded_applied_minor   INTEGER NOT NULL DEFAULT 0 CHECK (refunded_applied_minor >= 0 AND refunded_applied_minor <= amount_applied_minor),
     refunded_credited_minor  INTEGER NOT NULL DEFAULT 0 CHECK (refunded_credited_minor >= 0 AND refunded_credited_minor <= amount_credited_minor),
     amount_refund_reserved_minor INTEGER NOT NULL DEFAULT 0 CHECK (amount_refund_reserved_minor >= 0),
-    journal_entry_id         TEXT REFERENCES journal_entries (id),
+    journal_entry_id         TEXT REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
     created_at_us            INTEGER NOT NULL,
     updated_at_us            INTEGER NOT NULL,
     CHECK (status <> 'succeeded' OR amount_applied_minor + amount_credited_minor = amount_minor),
@@ -247,7 +247,7 @@ CREATE TABLE refunds (
     -- part, then from the part applied to the invoice (which re-opens that much of the bill)
     applied_minor             INTEGER NOT NULL DEFAULT 0 CHECK (applied_minor >= 0),
     credited_minor            INTEGER NOT NULL DEFAULT 0 CHECK (credited_minor >= 0),
-    journal_entry_id          TEXT REFERENCES journal_entries (id),
+    journal_entry_id          TEXT REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
     created_at_us             INTEGER NOT NULL,
     updated_at_us             INTEGER NOT NULL,
     CHECK (status <> 'succeeded' OR applied_minor + credited_minor = amount_minor),
@@ -263,6 +263,8 @@ CREATE TABLE idempotency_keys (
     resource_id         TEXT,
     response_status     INTEGER,
     response_body       TEXT,
+    -- random per holder: a holder releases only its own lease
+    lease_token         TEXT NOT NULL,
     locked_until_us     INTEGER NOT NULL,
     created_at_us       INTEGER NOT NULL,
     PRIMARY KEY (principal_id, key),

@@ -72,18 +72,19 @@ pub async fn ensure_patient_accounts(
     patient: &PatientId,
     currency: Currency,
 ) -> Result<(), ApiError> {
-    for code in [Code::PatientReceivables, Code::PatientCredit] {
-        sqlx::query(
-            "INSERT INTO accounts (id, code, currency, patient_id, created_at_us) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(patient_account_id(code, currency, patient).as_str())
-        .bind(code.as_str())
-        .bind(currency.code())
-        .bind(patient.as_str())
-        .bind(now_us())
-        .execute(&mut **tx)
-        .await?;
-    }
+    let now = now_us();
+    sqlx::query(
+        "INSERT INTO accounts (id, code, currency, patient_id, created_at_us) \
+         VALUES ($1, $2, $3, $4, $5), ($6, $7, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(patient_account_id(Code::PatientReceivables, currency, patient).as_str())
+    .bind(Code::PatientReceivables.as_str())
+    .bind(currency.code())
+    .bind(patient.as_str())
+    .bind(now)
+    .bind(patient_account_id(Code::PatientCredit, currency, patient).as_str())
+    .bind(Code::PatientCredit.as_str())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

@@ -9,6 +9,11 @@
 //! 4. the postings are inserted, then the entry header, whose insert trigger checks again that
 //!    the postings exist and balance, and seals them.
 //!
+//! Post last in a transaction. The provider-wide accounts (processor clearing, revenue) are the
+//! ledger's hot rows: every payment locks the clearing account. The entry's id is chosen before
+//! posting ([`NewEntry::id`]), so the rows that point at it are written first (their foreign
+//! keys are checked at commit) and the hot rows stay locked only for the postings and the commit.
+//!
 //! What must not happen: an unbalanced entry, an overflow, a posting to an account of another
 //! currency, a balance that differs from the sum of its postings. Each is asserted here and
 //! refused again by the database.
@@ -60,6 +65,8 @@ pub struct References {
 /// An entry to post: signed amounts per account (debits positive, credits negative).
 #[derive(Debug, Clone)]
 pub struct NewEntry {
+    /// Chosen up front, so the rows that point at the entry can be written before it is posted.
+    pub id: EntryId,
     pub kind: EntryKind,
     pub memo: String,
     pub effective_date: chrono::NaiveDate,
@@ -71,6 +78,7 @@ pub struct NewEntry {
 impl NewEntry {
     pub fn new(kind: EntryKind, memo: impl Into<String>, references: References) -> Self {
         NewEntry {
+            id: EntryId::generate(),
             kind,
             memo: memo.into(),
             effective_date: chrono::Utc::now().date_naive(),
@@ -143,6 +151,7 @@ impl NewEntry {
             )));
         }
         let header = EntryHeader {
+            id: self.id,
             kind: self.kind,
             memo: self.memo,
             effective_date: self.effective_date,
@@ -154,6 +163,7 @@ impl NewEntry {
 }
 
 struct EntryHeader {
+    id: EntryId,
     kind: EntryKind,
     memo: String,
     effective_date: chrono::NaiveDate,
@@ -179,7 +189,7 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
         .values()
         .map(|a| a.last_posted_at_us)
         .fold(now_us(), i64::max);
-    let entry_id = EntryId::generate();
+    let entry_id = header.id.clone();
 
     for (account, amount) in &postings {
         let state = accounts

@@ -147,7 +147,7 @@ impl PaymentProcessor for Simulator {
             .ok_or(ProcessorError::InvalidPaymentMethod)?;
         let json = serde_json::to_string(&outcome).map_err(unavailable)?;
         // ON CONFLICT: a concurrent call with the same key stored first; return its outcome.
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO simulator_charges (idempotency_key, charge_id, amount_minor, request_sha256, outcome_json, created_at_us) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
@@ -160,6 +160,9 @@ impl PaymentProcessor for Simulator {
         .execute(&self.db.pool)
         .await
         .map_err(unavailable)?;
+        if inserted.rows_affected() == 1 {
+            return Ok(outcome);
+        }
         let row = sqlx::query(
             "SELECT request_sha256, outcome_json FROM simulator_charges WHERE idempotency_key = $1",
         )
