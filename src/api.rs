@@ -380,3 +380,23 @@ pub fn ok_json<T: Serialize>(value: &T) -> Result<(StatusCode, serde_json::Value
     let body = serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))?;
     Ok((StatusCode::OK, body))
 }
+
+/// The `seq` of the row a `starting_after` cursor names, or `default` without a cursor.
+/// `table` is one of our table names; `what` names the resource in the 404.
+pub async fn cursor_seq(
+    state: &crate::AppState,
+    table: &'static str,
+    what: &str,
+    starting_after: Option<&str>,
+    default: i64,
+) -> Result<i64, ApiError> {
+    let Some(id) = starting_after else {
+        return Ok(default);
+    };
+    let row = sqlx::query(&format!("SELECT seq FROM {table} WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&state.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("starting_after", what))?;
+    Ok(sqlx::Row::try_get(&row, "seq")?)
+}

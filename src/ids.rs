@@ -59,6 +59,13 @@ macro_rules! prefixed_id {
                 Ok($name(s.to_owned()))
             }
 
+            /// Parses the id a client sent as parameter `param`; a bad one is a 400 naming it.
+            pub fn parse_param(s: &str, param: &str) -> Result<Self, crate::error::ApiError> {
+                $name::parse(s).map_err(|e| {
+                    crate::error::ApiError::invalid(param, "parameter_invalid", e.to_string())
+                })
+            }
+
             /// Wraps an id read back from our own database.
             pub fn from_db(s: String) -> Self {
                 $name(s)

@@ -325,18 +325,6 @@ pub async fn open_invoices_of(
     assemble(&state.db.pool, &rows).await
 }
 
-/// The `seq` of a row by id, for cursor pagination. `table` is one of our table names.
-pub async fn seq_of(state: &AppState, table: &'static str, id: &str) -> ApiResult<Option<i64>> {
-    Ok(
-        sqlx::query(&format!("SELECT seq FROM {table} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&state.db.pool)
-            .await?
-            .map(|r| r.try_get::<i64, _>("seq"))
-            .transpose()?,
-    )
-}
-
 pub(crate) fn currency_field(param: &str, value: &str) -> Result<Currency, ApiError> {
     value.parse().map_err(|_| {
         ApiError::invalid(
@@ -376,8 +364,7 @@ struct ValidInvoice {
 
 impl CreateInvoice {
     fn validated(&self) -> Result<ValidInvoice, ApiError> {
-        let patient = PatientId::parse(&self.patient)
-            .map_err(|e| ApiError::invalid("patient", "parameter_invalid", e.to_string()))?;
+        let patient = PatientId::parse_param(&self.patient, "patient")?;
         let currency = currency_field("currency", &self.currency)?;
         let due_date = date_field("due_date", &self.due_date)?
             .format("%Y-%m-%d")
@@ -543,7 +530,7 @@ async fn respond(
 }
 
 fn path_invoice_id(id: &str) -> Result<InvoiceId, ApiError> {
-    InvoiceId::parse(id).map_err(|e| ApiError::invalid("id", "parameter_invalid", e.to_string()))
+    InvoiceId::parse_param(id, "id")
 }
 
 /// Retrieve an invoice.
@@ -595,10 +582,7 @@ pub async fn list_invoices(
     let patient = q
         .patient
         .as_deref()
-        .map(|p| {
-            PatientId::parse(p)
-                .map_err(|e| ApiError::invalid("patient", "parameter_invalid", e.to_string()))
-        })
+        .map(|p| PatientId::parse_param(p, "patient"))
         .transpose()?;
     if let Some(s) = &q.status {
         if !["draft", "open", "partially_paid", "paid", "void"].contains(&s.as_str()) {
@@ -609,17 +593,19 @@ pub async fn list_invoices(
             ));
         }
     }
-    let before = match &q.starting_after {
-        None => i64::MAX,
-        Some(id) => {
-            let id = InvoiceId::parse(id).map_err(|e| {
-                ApiError::invalid("starting_after", "parameter_invalid", e.to_string())
-            })?;
-            seq_of(&state, "invoices", id.as_str())
-                .await?
-                .ok_or_else(|| ApiError::not_found("starting_after", "invoice"))?
-        }
-    };
+    let after = q
+        .starting_after
+        .as_deref()
+        .map(|s| InvoiceId::parse_param(s, "starting_after"))
+        .transpose()?;
+    let before = crate::api::cursor_seq(
+        &state,
+        "invoices",
+        "invoice",
+        after.as_ref().map(|i| i.as_str()),
+        i64::MAX,
+    )
+    .await?;
     let rows = sqlx::query(&format!(
         "SELECT {INVOICE_COLUMNS} FROM invoices WHERE seq < $1 AND ($2 = '' OR patient_id = $2) \
          AND ($3 = '' OR status = $3) ORDER BY seq DESC LIMIT $4"
@@ -932,7 +918,11 @@ pub async fn list_adjustments(
     principal.authorize(Action::InvoicesRead)?;
     let id = path_invoice_id(&id)?;
     let limit = crate::api::PAGE_SIZE_MAX;
-    if seq_of(&state, "invoices", id.as_str()).await?.is_none() {
+    let exists = sqlx::query("SELECT 1 AS one FROM invoices WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(&state.db.pool)
+        .await?;
+    if exists.is_none() {
         return Err(ApiError::not_found("id", "invoice"));
     }
     let rows = sqlx::query("SELECT * FROM adjustments WHERE invoice_id = $1 ORDER BY seq LIMIT $2")

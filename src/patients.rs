@@ -216,7 +216,7 @@ fn patient_from_row(row: &AnyRow) -> ApiResult<Patient> {
 }
 
 pub(crate) fn path_patient_id(id: &str) -> Result<PatientId, ApiError> {
-    PatientId::parse(id).map_err(|e| ApiError::invalid("id", "parameter_invalid", e.to_string()))
+    PatientId::parse_param(id, "id")
 }
 
 /// Loads a patient inside a transaction (for the checks of other resources).
@@ -377,17 +377,19 @@ pub async fn list_patients(
 ) -> ApiResult<Json<List<Patient>>> {
     principal.authorize(Action::PatientsRead)?;
     let limit = q.limit()?;
-    let before = match &q.starting_after {
-        None => i64::MAX,
-        Some(id) => {
-            let id = PatientId::parse(id).map_err(|e| {
-                ApiError::invalid("starting_after", "parameter_invalid", e.to_string())
-            })?;
-            crate::invoices::seq_of(&state, "patients", id.as_str())
-                .await?
-                .ok_or_else(|| ApiError::not_found("starting_after", "patient"))?
-        }
-    };
+    let after = q
+        .starting_after
+        .as_deref()
+        .map(|s| PatientId::parse_param(s, "starting_after"))
+        .transpose()?;
+    let before = crate::api::cursor_seq(
+        &state,
+        "patients",
+        "patient",
+        after.as_ref().map(|i| i.as_str()),
+        i64::MAX,
+    )
+    .await?;
     let rows = sqlx::query(&format!(
         "SELECT {PATIENT_COLUMNS} FROM patients WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
     ))

@@ -234,18 +234,12 @@ impl CreatePayment {
         let invoice = self
             .invoice
             .as_deref()
-            .map(|i| {
-                InvoiceId::parse(i)
-                    .map_err(|e| ApiError::invalid("invoice", "parameter_invalid", e.to_string()))
-            })
+            .map(|i| InvoiceId::parse_param(i, "invoice"))
             .transpose()?;
         let patient = self
             .patient
             .as_deref()
-            .map(|p| {
-                PatientId::parse(p)
-                    .map_err(|e| ApiError::invalid("patient", "parameter_invalid", e.to_string()))
-            })
+            .map(|p| PatientId::parse_param(p, "patient"))
             .transpose()?;
         if invoice.is_none() && patient.is_none() {
             return Err(ApiError::invalid(
@@ -665,8 +659,7 @@ pub async fn get_payment(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Payment>> {
     principal.authorize(Action::PaymentsRead)?;
-    let id = PaymentId::parse(&id)
-        .map_err(|e| ApiError::invalid("id", "parameter_invalid", e.to_string()))?;
+    let id = PaymentId::parse_param(&id, "id")?;
     let row = sqlx::query(&format!(
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
     ))
@@ -702,30 +695,26 @@ pub async fn list_payments(
     let invoice = q
         .invoice
         .as_deref()
-        .map(|i| {
-            InvoiceId::parse(i)
-                .map_err(|e| ApiError::invalid("invoice", "parameter_invalid", e.to_string()))
-        })
+        .map(|i| InvoiceId::parse_param(i, "invoice"))
         .transpose()?;
     let patient = q
         .patient
         .as_deref()
-        .map(|p| {
-            PatientId::parse(p)
-                .map_err(|e| ApiError::invalid("patient", "parameter_invalid", e.to_string()))
-        })
+        .map(|p| PatientId::parse_param(p, "patient"))
         .transpose()?;
-    let before = match &q.starting_after {
-        None => i64::MAX,
-        Some(id) => {
-            let id = PaymentId::parse(id).map_err(|e| {
-                ApiError::invalid("starting_after", "parameter_invalid", e.to_string())
-            })?;
-            invoices::seq_of(&state, "payments", id.as_str())
-                .await?
-                .ok_or_else(|| ApiError::not_found("starting_after", "payment"))?
-        }
-    };
+    let after = q
+        .starting_after
+        .as_deref()
+        .map(|s| PaymentId::parse_param(s, "starting_after"))
+        .transpose()?;
+    let before = crate::api::cursor_seq(
+        &state,
+        "payments",
+        "payment",
+        after.as_ref().map(|i| i.as_str()),
+        i64::MAX,
+    )
+    .await?;
     let rows = sqlx::query(&format!(
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE seq < $1 AND ($2 = '' OR invoice_id = $2) AND ($3 = '' OR patient_id = $3) \
          ORDER BY seq DESC LIMIT $4"

@@ -139,8 +139,7 @@ pub async fn create_refund(
 ) -> ApiResult<Response> {
     principal.authorize(Action::RefundsCreate)?;
     let key = key.required()?;
-    let payment = PaymentId::parse(&req.payment)
-        .map_err(|e| ApiError::invalid("payment", "parameter_invalid", e.to_string()))?;
+    let payment = PaymentId::parse_param(&req.payment, "payment")?;
     let amount = req
         .amount
         .map(|a| amount_field("amount", a).map(|a| a.get()))
@@ -468,8 +467,7 @@ pub async fn get_refund(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Refund>> {
     principal.authorize(Action::RefundsRead)?;
-    let id = RefundId::parse(&id)
-        .map_err(|e| ApiError::invalid("id", "parameter_invalid", e.to_string()))?;
+    let id = RefundId::parse_param(&id, "id")?;
     let row = sqlx::query(&format!(
         "SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1"
     ))
@@ -503,22 +501,21 @@ pub async fn list_refunds(
     let payment = q
         .payment
         .as_deref()
-        .map(|p| {
-            PaymentId::parse(p)
-                .map_err(|e| ApiError::invalid("payment", "parameter_invalid", e.to_string()))
-        })
+        .map(|p| PaymentId::parse_param(p, "payment"))
         .transpose()?;
-    let before = match &q.starting_after {
-        None => i64::MAX,
-        Some(id) => {
-            let id = RefundId::parse(id).map_err(|e| {
-                ApiError::invalid("starting_after", "parameter_invalid", e.to_string())
-            })?;
-            invoices::seq_of(&state, "refunds", id.as_str())
-                .await?
-                .ok_or_else(|| ApiError::not_found("starting_after", "refund"))?
-        }
-    };
+    let after = q
+        .starting_after
+        .as_deref()
+        .map(|s| RefundId::parse_param(s, "starting_after"))
+        .transpose()?;
+    let before = crate::api::cursor_seq(
+        &state,
+        "refunds",
+        "refund",
+        after.as_ref().map(|i| i.as_str()),
+        i64::MAX,
+    )
+    .await?;
     let rows = sqlx::query(&format!(
         "SELECT {REFUND_COLUMNS} FROM refunds WHERE seq < $1 AND ($2 = '' OR payment_id = $2) ORDER BY seq DESC LIMIT $3"
     ))

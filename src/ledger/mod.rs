@@ -122,26 +122,21 @@ pub async fn list_accounts(
     let patient = q
         .patient
         .as_deref()
-        .map(|p| {
-            crate::ids::PatientId::parse(p)
-                .map_err(|e| ApiError::invalid("patient", "parameter_invalid", e.to_string()))
-        })
+        .map(|p| crate::ids::PatientId::parse_param(p, "patient"))
         .transpose()?;
-    let after_seq = match &q.starting_after {
-        None => 0,
-        Some(id) => {
-            let id = AccountId::parse(id).map_err(|e| {
-                ApiError::invalid("starting_after", "parameter_invalid", e.to_string())
-            })?;
-            sqlx::query("SELECT seq FROM accounts WHERE id = $1")
-                .bind(id.as_str())
-                .fetch_optional(&state.db.pool)
-                .await?
-                .map(|r| r.try_get::<i64, _>("seq"))
-                .transpose()?
-                .ok_or_else(|| ApiError::not_found("starting_after", "ledger account"))?
-        }
-    };
+    let after = q
+        .starting_after
+        .as_deref()
+        .map(|s| AccountId::parse_param(s, "starting_after"))
+        .transpose()?;
+    let after_seq = crate::api::cursor_seq(
+        &state,
+        "accounts",
+        "ledger account",
+        after.as_ref().map(|i| i.as_str()),
+        0,
+    )
+    .await?;
     let rows = sqlx::query(&format!(
         "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN chart_of_accounts c ON c.code = a.code \
          WHERE a.seq > $1 AND ($2 = '' OR a.currency = $2) AND ($3 = '' OR a.patient_id = $3) \
@@ -182,8 +177,7 @@ pub async fn get_account(
     ApiQuery(q): ApiQuery<AsOfQuery>,
 ) -> ApiResult<Json<Account>> {
     principal.authorize(Action::LedgerRead)?;
-    let id = AccountId::parse(&id)
-        .map_err(|e| ApiError::invalid("id", "parameter_invalid", e.to_string()))?;
+    let id = AccountId::parse_param(&id, "id")?;
     let as_of_us = q
         .as_of
         .as_deref()
@@ -336,10 +330,7 @@ pub async fn list_entries(
     let account = q
         .account
         .as_deref()
-        .map(|a| {
-            AccountId::parse(a)
-                .map_err(|e| ApiError::invalid("account", "parameter_invalid", e.to_string()))
-        })
+        .map(|a| AccountId::parse_param(a, "account"))
         .transpose()?;
     let from_us = q
         .from
@@ -359,21 +350,19 @@ pub async fn list_entries(
             ));
         }
     }
-    let after_seq = match &q.starting_after {
-        None => 0,
-        Some(id) => {
-            let id = EntryId::parse(id).map_err(|e| {
-                ApiError::invalid("starting_after", "parameter_invalid", e.to_string())
-            })?;
-            sqlx::query("SELECT seq FROM journal_entries WHERE id = $1")
-                .bind(id.as_str())
-                .fetch_optional(&state.db.pool)
-                .await?
-                .map(|r| r.try_get::<i64, _>("seq"))
-                .transpose()?
-                .ok_or_else(|| ApiError::not_found("starting_after", "journal entry"))?
-        }
-    };
+    let after = q
+        .starting_after
+        .as_deref()
+        .map(|s| EntryId::parse_param(s, "starting_after"))
+        .transpose()?;
+    let after_seq = crate::api::cursor_seq(
+        &state,
+        "journal_entries",
+        "journal entry",
+        after.as_ref().map(|i| i.as_str()),
+        0,
+    )
+    .await?;
     let rows = sqlx::query(&format!(
         "SELECT {ENTRY_COLUMNS} FROM journal_entries e WHERE e.seq > $1 \
          AND ($2 = '' OR EXISTS (SELECT 1 FROM postings p WHERE p.entry_id = e.id AND p.account_id = $2)) \
@@ -401,8 +390,7 @@ pub async fn get_entry(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Entry>> {
     principal.authorize(Action::LedgerRead)?;
-    let id = EntryId::parse(&id)
-        .map_err(|e| ApiError::invalid("id", "parameter_invalid", e.to_string()))?;
+    let id = EntryId::parse_param(&id, "id")?;
     let row = sqlx::query(&format!(
         "SELECT {ENTRY_COLUMNS} FROM journal_entries e WHERE e.id = $1"
     ))
