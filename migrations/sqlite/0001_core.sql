@@ -124,6 +124,8 @@ BEGIN
      WHERE id = NEW.account_id;
 END;
 
+-- SQLite has no trigger depth, so the guard checks the balance against the chain instead:
+-- a stored balance can only ever equal the running balance of the account's last posting.
 CREATE TRIGGER accounts_before_update BEFORE UPDATE ON accounts
 BEGIN
     SELECT RAISE(ABORT, 'ledger: account balance must equal its last posting''s running balance')

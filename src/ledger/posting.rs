@@ -25,6 +25,7 @@ use sqlx::Row;
 use crate::db::{now_us, placeholders, Backend, Tx};
 use crate::error::ApiError;
 use crate::ids::{AccountId, EntryId, InvoiceId, PatientId, PaymentId, RefundId};
+use crate::ledger::accounts::is_patient_account;
 use crate::money::{Currency, Money};
 
 /// Postings in one entry, at most. Our entries have two to four; the bound keeps a bug from
@@ -182,7 +183,15 @@ struct AccountState {
 /// Posts `entry` in `tx` and returns its id. See the module docs for the steps.
 pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<EntryId, ApiError> {
     let (header, postings) = entry.into_postings()?;
-    let accounts = lock_accounts(tx, backend, postings.iter().map(|(a, _)| a)).await?;
+    // Per-patient accounts first, then the provider-wide ones (clearing, revenue…), each group
+    // in id order: one total order for every transaction, so no deadlock, and the hot
+    // provider-wide rows are locked last, for the shortest time.
+    let (patient_accounts, provider_accounts): (Vec<&AccountId>, Vec<&AccountId>) = postings
+        .iter()
+        .map(|(a, _)| a)
+        .partition(|a| is_patient_account(a));
+    let mut accounts = lock_accounts(tx, backend, patient_accounts.into_iter()).await?;
+    accounts.extend(lock_accounts(tx, backend, provider_accounts.into_iter()).await?);
 
     // Time never runs backwards on an account, whatever the clock does.
     let posted_at_us = accounts
@@ -191,6 +200,8 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
         .fold(now_us(), i64::max);
     let entry_id = header.id.clone();
 
+    // One multi-row INSERT for all postings: one round trip while the hot rows are locked.
+    let mut rows = Vec::with_capacity(postings.len());
     for (account, amount) in &postings {
         let state = accounts
             .get(account)
@@ -207,20 +218,38 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
             .posting_count
             .checked_add(1)
             .ok_or_else(|| anyhow::anyhow!("ledger: posting count overflow"))?;
-        sqlx::query(
-            "INSERT INTO postings (entry_id, account_id, amount_minor, currency, account_seq, \
-             balance_after_minor, posted_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(entry_id.as_str())
-        .bind(account.as_str())
-        .bind(amount.amount_minor())
-        .bind(amount.currency().code())
-        .bind(account_seq)
-        .bind(balance_after.amount_minor())
-        .bind(posted_at_us)
-        .execute(&mut **tx)
-        .await?;
+        rows.push((account, amount, account_seq, balance_after));
     }
+    let values = (0..rows.len())
+        .map(|i| {
+            let b = i.saturating_mul(6);
+            format!(
+                "($1, ${}, ${}, ${}, ${}, ${}, ${})",
+                b.saturating_add(2),
+                b.saturating_add(3),
+                b.saturating_add(4),
+                b.saturating_add(5),
+                b.saturating_add(6),
+                b.saturating_add(7)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO postings (entry_id, account_id, amount_minor, currency, account_seq, \
+         balance_after_minor, posted_at_us) VALUES {values}"
+    );
+    let mut insert = sqlx::query(&sql).bind(entry_id.as_str());
+    for (account, amount, account_seq, balance_after) in &rows {
+        insert = insert
+            .bind(account.as_str())
+            .bind(amount.amount_minor())
+            .bind(amount.currency().code())
+            .bind(*account_seq)
+            .bind(balance_after.amount_minor())
+            .bind(posted_at_us);
+    }
+    insert.execute(&mut **tx).await?;
 
     let refs = &header.references;
     sqlx::query(
