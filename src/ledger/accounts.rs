@@ -66,11 +66,6 @@ pub fn patient_account_id(code: Code, currency: Currency, patient: &PatientId) -
     ))
 }
 
-/// Whether `id` names a per-patient sub-ledger account (see [`patient_account_id`]).
-pub fn is_patient_account(id: &AccountId) -> bool {
-    id.as_str().contains("_pat_")
-}
-
 /// Creates the patient's receivable and credit accounts in `currency` if they do not exist.
 pub async fn ensure_patient_accounts(
     tx: &mut Tx,

@@ -25,7 +25,6 @@ use sqlx::Row;
 use crate::db::{now_us, placeholders, Backend, Tx};
 use crate::error::ApiError;
 use crate::ids::{AccountId, EntryId, InvoiceId, PatientId, PaymentId, RefundId};
-use crate::ledger::accounts::is_patient_account;
 use crate::money::{Currency, Money};
 
 /// Postings in one entry, at most. Our entries have two to four; the bound keeps a bug from
@@ -186,12 +185,7 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
     // Per-patient accounts first, then the provider-wide ones (clearing, revenue…), each group
     // in id order: one total order for every transaction, so no deadlock, and the hot
     // provider-wide rows are locked last, for the shortest time.
-    let (patient_accounts, provider_accounts): (Vec<&AccountId>, Vec<&AccountId>) = postings
-        .iter()
-        .map(|(a, _)| a)
-        .partition(|a| is_patient_account(a));
-    let mut accounts = lock_accounts(tx, backend, patient_accounts.into_iter()).await?;
-    accounts.extend(lock_accounts(tx, backend, provider_accounts.into_iter()).await?);
+    let accounts = lock_accounts(tx, backend, postings.iter().map(|(a, _)| a)).await?;
 
     // Time never runs backwards on an account, whatever the clock does.
     let posted_at_us = accounts
@@ -274,7 +268,9 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
     Ok(entry_id)
 }
 
-/// Locks the accounts in ascending id order and returns their state.
+/// Locks the accounts, per-patient ones first and then provider-wide ones, each in id order
+/// (PostgreSQL locks the rows of `ORDER BY … FOR UPDATE` in output order), and returns their
+/// state.
 async fn lock_accounts<'a>(
     tx: &mut Tx,
     backend: Backend,
@@ -285,7 +281,7 @@ async fn lock_accounts<'a>(
     ids.dedup();
     let sql = format!(
         "SELECT id, currency, balance_minor, posting_count, last_posted_at_us FROM accounts \
-         WHERE id IN ({}) ORDER BY id{}",
+         WHERE id IN ({}) ORDER BY CASE WHEN patient_id IS NULL THEN 1 ELSE 0 END, id{}",
         placeholders(1, ids.len()),
         backend.for_update()
     );

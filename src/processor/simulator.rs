@@ -127,26 +127,12 @@ impl PaymentProcessor for Simulator {
 
     async fn charge(&self, request: &ChargeRequest) -> Result<ChargeOutcome, ProcessorError> {
         let digest = request_digest(request);
-        if let Some(row) = sqlx::query(
-            "SELECT request_sha256, outcome_json FROM simulator_charges WHERE idempotency_key = $1",
-        )
-        .bind(&request.idempotency_key)
-        .fetch_optional(&self.db.pool)
-        .await
-        .map_err(unavailable)?
-        {
-            let stored: String = row.try_get("request_sha256").map_err(unavailable)?;
-            if stored != digest {
-                return Err(ProcessorError::IdempotencyMismatch);
-            }
-            let json: String = row.try_get("outcome_json").map_err(unavailable)?;
-            return serde_json::from_str(&json).map_err(unavailable);
-        }
         let charge_id = format!("ch_sim_{}", random_base62(24));
         let outcome = outcome_for(&request.payment_method, charge_id.clone())
             .ok_or(ProcessorError::InvalidPaymentMethod)?;
         let json = serde_json::to_string(&outcome).map_err(unavailable)?;
-        // ON CONFLICT: a concurrent call with the same key stored first; return its outcome.
+        // Insert first: a key seen before (a retry, or a concurrent call that stored first)
+        // conflicts, and then the stored outcome is the answer.
         let inserted = sqlx::query(
             "INSERT INTO simulator_charges (idempotency_key, charge_id, amount_minor, request_sha256, outcome_json, created_at_us) \
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
