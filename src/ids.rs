@@ -66,6 +66,14 @@ macro_rules! prefixed_id {
                 })
             }
 
+            /// [`Self::parse_param`] for an optional parameter.
+            pub fn parse_opt_param(
+                s: Option<&str>,
+                param: &str,
+            ) -> Result<Option<Self>, crate::error::ApiError> {
+                s.map(|s| $name::parse_param(s, param)).transpose()
+            }
+
             /// Wraps an id read back from our own database.
             pub fn from_db(s: String) -> Self {
                 $name(s)

@@ -579,11 +579,7 @@ pub async fn list_invoices(
 ) -> ApiResult<Json<List<Invoice>>> {
     principal.authorize(Action::InvoicesRead)?;
     let limit = parse_limit(q.limit.as_deref())?;
-    let patient = q
-        .patient
-        .as_deref()
-        .map(|p| PatientId::parse_param(p, "patient"))
-        .transpose()?;
+    let patient = PatientId::parse_opt_param(q.patient.as_deref(), "patient")?;
     if let Some(s) = &q.status {
         if !["draft", "open", "partially_paid", "paid", "void"].contains(&s.as_str()) {
             return Err(ApiError::invalid(
@@ -593,11 +589,7 @@ pub async fn list_invoices(
             ));
         }
     }
-    let after = q
-        .starting_after
-        .as_deref()
-        .map(|s| InvoiceId::parse_param(s, "starting_after"))
-        .transpose()?;
+    let after = InvoiceId::parse_opt_param(q.starting_after.as_deref(), "starting_after")?;
     let before = crate::api::cursor_seq(
         &state,
         "invoices",

@@ -377,11 +377,7 @@ pub async fn list_patients(
 ) -> ApiResult<Json<List<Patient>>> {
     principal.authorize(Action::PatientsRead)?;
     let limit = q.limit()?;
-    let after = q
-        .starting_after
-        .as_deref()
-        .map(|s| PatientId::parse_param(s, "starting_after"))
-        .transpose()?;
+    let after = PatientId::parse_opt_param(q.starting_after.as_deref(), "starting_after")?;
     let before = crate::api::cursor_seq(
         &state,
         "patients",

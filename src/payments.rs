@@ -231,16 +231,8 @@ struct ValidPayment {
 
 impl CreatePayment {
     fn validated(&self) -> Result<ValidPayment, ApiError> {
-        let invoice = self
-            .invoice
-            .as_deref()
-            .map(|i| InvoiceId::parse_param(i, "invoice"))
-            .transpose()?;
-        let patient = self
-            .patient
-            .as_deref()
-            .map(|p| PatientId::parse_param(p, "patient"))
-            .transpose()?;
+        let invoice = InvoiceId::parse_opt_param(self.invoice.as_deref(), "invoice")?;
+        let patient = PatientId::parse_opt_param(self.patient.as_deref(), "patient")?;
         if invoice.is_none() && patient.is_none() {
             return Err(ApiError::invalid(
                 "invoice",
@@ -692,21 +684,9 @@ pub async fn list_payments(
 ) -> ApiResult<Json<List<Payment>>> {
     principal.authorize(Action::PaymentsRead)?;
     let limit = parse_limit(q.limit.as_deref())?;
-    let invoice = q
-        .invoice
-        .as_deref()
-        .map(|i| InvoiceId::parse_param(i, "invoice"))
-        .transpose()?;
-    let patient = q
-        .patient
-        .as_deref()
-        .map(|p| PatientId::parse_param(p, "patient"))
-        .transpose()?;
-    let after = q
-        .starting_after
-        .as_deref()
-        .map(|s| PaymentId::parse_param(s, "starting_after"))
-        .transpose()?;
+    let invoice = InvoiceId::parse_opt_param(q.invoice.as_deref(), "invoice")?;
+    let patient = PatientId::parse_opt_param(q.patient.as_deref(), "patient")?;
+    let after = PaymentId::parse_opt_param(q.starting_after.as_deref(), "starting_after")?;
     let before = crate::api::cursor_seq(
         &state,
         "payments",

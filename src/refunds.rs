@@ -498,16 +498,8 @@ pub async fn list_refunds(
 ) -> ApiResult<Json<List<Refund>>> {
     principal.authorize(Action::RefundsRead)?;
     let limit = parse_limit(q.limit.as_deref())?;
-    let payment = q
-        .payment
-        .as_deref()
-        .map(|p| PaymentId::parse_param(p, "payment"))
-        .transpose()?;
-    let after = q
-        .starting_after
-        .as_deref()
-        .map(|s| RefundId::parse_param(s, "starting_after"))
-        .transpose()?;
+    let payment = PaymentId::parse_opt_param(q.payment.as_deref(), "payment")?;
+    let after = RefundId::parse_opt_param(q.starting_after.as_deref(), "starting_after")?;
     let before = crate::api::cursor_seq(
         &state,
         "refunds",

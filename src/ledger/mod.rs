@@ -124,11 +124,7 @@ pub async fn list_accounts(
         .as_deref()
         .map(|p| crate::ids::PatientId::parse_param(p, "patient"))
         .transpose()?;
-    let after = q
-        .starting_after
-        .as_deref()
-        .map(|s| AccountId::parse_param(s, "starting_after"))
-        .transpose()?;
+    let after = AccountId::parse_opt_param(q.starting_after.as_deref(), "starting_after")?;
     let after_seq = crate::api::cursor_seq(
         &state,
         "accounts",
@@ -327,11 +323,7 @@ pub async fn list_entries(
 ) -> ApiResult<Json<List<Entry>>> {
     principal.authorize(Action::LedgerRead)?;
     let limit = parse_limit(q.limit.as_deref())?;
-    let account = q
-        .account
-        .as_deref()
-        .map(|a| AccountId::parse_param(a, "account"))
-        .transpose()?;
+    let account = AccountId::parse_opt_param(q.account.as_deref(), "account")?;
     let from_us = q
         .from
         .as_deref()
@@ -350,11 +342,7 @@ pub async fn list_entries(
             ));
         }
     }
-    let after = q
-        .starting_after
-        .as_deref()
-        .map(|s| EntryId::parse_param(s, "starting_after"))
-        .transpose()?;
+    let after = EntryId::parse_opt_param(q.starting_after.as_deref(), "starting_after")?;
     let after_seq = crate::api::cursor_seq(
         &state,
         "journal_entries",
