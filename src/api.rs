@@ -375,12 +375,6 @@ pub fn timestamp_field(param: &str, value: &str) -> Result<i64, ApiError> {
     ))
 }
 
-/// The `Location`-free JSON response of a create call: 200 with the object, as Stripe does.
-pub fn ok_json<T: Serialize>(value: &T) -> Result<(StatusCode, serde_json::Value), ApiError> {
-    let body = serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok((StatusCode::OK, body))
-}
-
 /// The `seq` of the row a `starting_after` cursor names, or `default` without a cursor.
 /// `table` is one of our table names; `what` names the resource in the 404.
 pub async fn cursor_seq(

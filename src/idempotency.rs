@@ -142,9 +142,33 @@ pub async fn claim(tx: &mut Tx, claim: &MaybeClaim) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Answers 200 with `value`, saved as the final response of `claim` in the transaction that
+/// made the request's effects.
+pub async fn respond_ok<T: Serialize>(
+    tx: &mut Tx,
+    claim: &MaybeClaim,
+    value: &T,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let body = serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))?;
+    finish(tx, claim, StatusCode::OK, &body).await?;
+    Ok((StatusCode::OK, body))
+}
+
+/// Answers with `error`, saved as the final response of `claim`: for refusals that come after
+/// the processor was called (a decline), which a retry must replay, not redo.
+pub async fn respond_err(
+    tx: &mut Tx,
+    claim: &MaybeClaim,
+    error: ApiError,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let (status, body) = (error.status(), error.body());
+    finish(tx, claim, status, &body).await?;
+    Ok((status, body))
+}
+
 /// Saves `status`/`body` as the final response of `claim`, inside the transaction that made
 /// the request's effects. A no-op without a key.
-pub async fn finish(
+async fn finish(
     tx: &mut Tx,
     claim: &MaybeClaim,
     status: StatusCode,

@@ -21,7 +21,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::api::{date_field, ok_json, parse_limit, text_field, ApiJson, ApiPath, ApiQuery, List};
+use crate::api::{date_field, parse_limit, text_field, ApiJson, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
 use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
 use crate::error::{ApiError, ApiResult};
@@ -524,9 +524,7 @@ async fn respond(
     id: &InvoiceId,
 ) -> ApiResult<(axum::http::StatusCode, serde_json::Value)> {
     let invoice = view(tx, id).await?;
-    let (status, body) = ok_json(&invoice)?;
-    idempotency::finish(tx, claim, status, &body).await?;
-    Ok((status, body))
+    idempotency::respond_ok(tx, claim, &invoice).await
 }
 
 fn path_invoice_id(id: &str) -> Result<InvoiceId, ApiError> {
@@ -887,10 +885,10 @@ pub async fn create_adjustment(
                     invoice.adjusted = invoice.adjusted.checked_add(amount)?;
                     invoice.save_amounts(tx).await?;
                     let row = sqlx::query("SELECT * FROM adjustments WHERE id = $1").bind(adjustment_id.as_str()).fetch_one(&mut **tx).await?;
-                    let (status, body) = ok_json(&adjustment_from_row(&row)?)?;
-                    idempotency::finish(tx, &claim, status, &body).await?;
+                    let response =
+                        idempotency::respond_ok(tx, &claim, &adjustment_from_row(&row)?).await?;
                     posting::post(tx, backend, entry).await?; // last: the contra account is hot
-                    Ok((status, body))
+                    Ok(response)
                 })
             })
             .await

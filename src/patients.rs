@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::api::{date_field, ok_json, text_field, ApiJson, ApiPath, ApiQuery, List, PageQuery};
+use crate::api::{date_field, text_field, ApiJson, ApiPath, ApiQuery, List, PageQuery};
 use crate::auth::{Action, Principal};
 use crate::db::{now_us, us_to_rfc3339, Tx};
 use crate::error::{ApiError, ApiResult};
@@ -266,9 +266,7 @@ pub async fn create_patient(
                     .execute(&mut **tx)
                     .await?;
                     let patient = load(tx, &id).await?;
-                    let (status, body) = ok_json(&patient)?;
-                    idempotency::finish(tx, &claim, status, &body).await?;
-                    Ok((status, body))
+                    idempotency::respond_ok(tx, &claim, &patient).await
                 })
             })
             .await
@@ -334,9 +332,7 @@ pub async fn update_patient(
                         return Err(ApiError::not_found("id", "patient"));
                     }
                     let patient = load(tx, &id).await?;
-                    let (status, body) = ok_json(&patient)?;
-                    idempotency::finish(tx, &claim, status, &body).await?;
-                    Ok((status, body))
+                    idempotency::respond_ok(tx, &claim, &patient).await
                 })
             })
             .await

@@ -25,7 +25,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::api::{ok_json, parse_limit, ApiJson, ApiPath, ApiQuery, List};
+use crate::api::{parse_limit, ApiJson, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
 use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
 use crate::error::{ApiError, ApiResult, ErrorType};
@@ -444,32 +444,22 @@ async fn apply_outcome(
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
-            let view = view(tx, id).await?;
-            let err = ApiError::Client {
-                status: StatusCode::BAD_REQUEST,
-                kind: ErrorType::InvalidRequestError,
-                code: "payment_method_invalid",
-                message: "No such payment method.".to_owned(),
-                param: Some("payment_method".to_owned()),
-                attach: Some((
-                    "payment",
-                    serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.into()))?,
-                )),
-            };
-            let body = err.body();
-            idempotency::finish(tx, claim, StatusCode::BAD_REQUEST, &body).await?;
-            Ok((StatusCode::BAD_REQUEST, body))
+            let err = failed_payment_error(
+                tx,
+                id,
+                StatusCode::BAD_REQUEST,
+                ErrorType::InvalidRequestError,
+                "payment_method_invalid",
+                "No such payment method.".to_owned(),
+            )
+            .await?;
+            idempotency::respond_err(tx, claim, err).await
         }
         Some(Err(e)) => {
             // Outcome unknown. Nothing is written: the key stays in processor_called, and a
             // retry with the same key calls the processor again and gets the same answer.
             tracing::warn!(payment = %id, error = %e, "processor outcome unknown");
-            Err(ApiError::simple(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorType::ApiError,
-                "processor_unavailable",
-                "The payment processor did not answer; retry with the same Idempotency-Key.",
-            ))
+            Err(crate::processor::unavailable_error())
         }
         Some(Ok(ChargeOutcome::Succeeded { charge_id, card })) => {
             let entry = capture(tx, backend, &payment, &charge_id, &card).await?;
@@ -507,24 +497,42 @@ async fn apply_outcome(
             .bind(id.as_str())
             .execute(&mut **tx)
             .await?;
-            let view = view(tx, id).await?;
-            let err = ApiError::Client {
-                status: StatusCode::PAYMENT_REQUIRED,
-                kind: ErrorType::CardError,
-                code: decline_code_static(&decline_code),
+            let code = decline_code_static(&decline_code);
+            tracing::info!(payment = %id, code, "card declined");
+            let err = failed_payment_error(
+                tx,
+                id,
+                StatusCode::PAYMENT_REQUIRED,
+                ErrorType::CardError,
+                code,
                 message,
-                param: Some("payment_method".to_owned()),
-                attach: Some((
-                    "payment",
-                    serde_json::to_value(&view).map_err(|e| ApiError::Internal(e.into()))?,
-                )),
-            };
-            let body = err.body();
-            tracing::info!(payment = %id, code = decline_code_static(&decline_code), "card declined");
-            idempotency::finish(tx, claim, StatusCode::PAYMENT_REQUIRED, &body).await?;
-            Ok((StatusCode::PAYMENT_REQUIRED, body))
+            )
+            .await?;
+            idempotency::respond_err(tx, claim, err).await
         }
     }
+}
+
+/// The error for a payment the processor refused, naming `payment_method` and carrying the
+/// failed payment as recorded in `tx`.
+async fn failed_payment_error(
+    tx: &mut Tx,
+    id: &PaymentId,
+    status: StatusCode,
+    kind: ErrorType,
+    code: &'static str,
+    message: String,
+) -> ApiResult<ApiError> {
+    let payment =
+        serde_json::to_value(view(tx, id).await?).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(ApiError::Client {
+        status,
+        kind,
+        code,
+        message,
+        param: Some("payment_method".to_owned()),
+        attach: Some(("payment", payment)),
+    })
 }
 
 /// Decline codes as static strings for the error body (unknown ones become `card_declined`).
@@ -636,9 +644,7 @@ async fn respond(
     id: &PaymentId,
 ) -> ApiResult<(StatusCode, serde_json::Value)> {
     let payment = view(tx, id).await?;
-    let (status, body) = ok_json(&payment)?;
-    idempotency::finish(tx, claim, status, &body).await?;
-    Ok((status, body))
+    idempotency::respond_ok(tx, claim, &payment).await
 }
 
 /// Retrieve a payment.

@@ -23,10 +23,10 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use utoipa::ToSchema;
 
-use crate::api::{ok_json, parse_limit, text_field, ApiJson, ApiPath, ApiQuery, List};
+use crate::api::{parse_limit, text_field, ApiJson, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
 use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
-use crate::error::{ApiError, ApiResult, ErrorType};
+use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, IdempotencyKey, MaybeClaim, Phase};
 use crate::ids::{PaymentId, RefundId};
 use crate::invoices::{self, amount_field};
@@ -308,12 +308,7 @@ async fn apply_outcome(
         None => respond(tx, claim, id).await,
         Some(Err(e)) => {
             tracing::warn!(refund = %id, error = %e, "processor outcome unknown for refund");
-            Err(ApiError::simple(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorType::ApiError,
-                "processor_unavailable",
-                "The payment processor did not answer; retry with the same Idempotency-Key.",
-            ))
+            Err(crate::processor::unavailable_error())
         }
         Some(Ok(RefundOutcome::Pending { refund_id })) => {
             // The reservation stays until the processor reports the final outcome.
@@ -452,9 +447,7 @@ async fn respond(
     .bind(id.as_str())
     .fetch_one(&mut **tx)
     .await?;
-    let (status, body) = ok_json(&refund_from_row(&row)?)?;
-    idempotency::finish(tx, claim, status, &body).await?;
-    Ok((status, body))
+    idempotency::respond_ok(tx, claim, &refund_from_row(&row)?).await
 }
 
 /// Retrieve a refund.

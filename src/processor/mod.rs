@@ -92,6 +92,17 @@ pub enum ProcessorError {
     Unavailable(String),
 }
 
+/// The answer when the processor's outcome stays unknown: nothing is written, the key keeps its
+/// `processor_called` phase, and the client's retry with the same key settles it.
+pub fn unavailable_error() -> crate::error::ApiError {
+    crate::error::ApiError::simple(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        crate::error::ErrorType::ApiError,
+        "processor_unavailable",
+        "The payment processor did not answer; retry with the same Idempotency-Key.",
+    )
+}
+
 #[async_trait]
 pub trait PaymentProcessor: Send + Sync + 'static {
     /// A short name for logs and the payment object (`simulator`, `stripe`).
