@@ -77,7 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             let db = crate::db::Db::connect(&config.database_url).await?;
-            db.migrate().await?;
+            crate::db::migrate(&db).await?;
             println!("migrations applied ({})", db.backend.name());
             Ok(())
         }
@@ -91,7 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ApikeyCommand::Create { role },
         } => {
             let db = crate::db::Db::connect(&config.database_url).await?;
-            db.migrate().await?;
+            crate::db::migrate(&db).await?;
             let key = crate::auth::create_api_key(&db, role).await?;
             println!(
                 "created API key {} with role {} (shown once; store it now):",

@@ -16,7 +16,7 @@ async fn logs_carry_no_health_data_keys_or_payment_methods() {
     // payment-method ids never reach a log line, even at debug level and on error paths.
     let (url, cleanup) = fresh_database(Backend::Sqlite).await;
     let db = carebill::db::Db::connect(&url).await.unwrap();
-    db.migrate().await.unwrap();
+    carebill::db::migrate(&db).await.unwrap();
     let key = carebill::auth::create_api_key(&db, carebill::auth::Role::Admin)
         .await
         .unwrap()

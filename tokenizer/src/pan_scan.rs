@@ -1,0 +1,152 @@
+//! Card-number discovery (PCI DSS 12.5.2): finds Luhn-valid 12–19 digit numbers in files, the
+//! way an assessor's data-discovery tool does. `tokenizer pan-scan` runs it over databases and
+//! logs; CI runs it over everything the test suite left behind.
+//!
+//! A candidate is a run of digits, optionally grouped by single spaces or dashes
+//! (`4242 4242 4242 4242`), that is not part of a longer word: a digit run inside a hex id or
+//! next to letters is not a card number as written anywhere. Findings are reported by offset
+//! and last four only.
+
+use std::path::{Path, PathBuf};
+
+use crate::card::{luhn_valid, PAN_DIGITS_MAX, PAN_DIGITS_MIN};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub offset: usize,
+    pub last4: String,
+    pub digits: usize,
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Luhn-valid card-number candidates in `bytes`.
+pub fn find_pans(bytes: &[u8]) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let starts_run = bytes.get(i).is_some_and(u8::is_ascii_digit)
+            && (i == 0 || !bytes.get(i - 1).copied().is_some_and(is_word));
+        if !starts_run {
+            i += 1;
+            continue;
+        }
+        // Collect digits, allowing a single space or dash between digits.
+        let mut digits: Vec<u8> = Vec::new();
+        let mut j = i;
+        while j < bytes.len() {
+            match bytes.get(j).copied() {
+                Some(b) if b.is_ascii_digit() => {
+                    digits.push(b - b'0');
+                    j += 1;
+                }
+                Some(b' ') | Some(b'-')
+                    if bytes.get(j + 1).is_some_and(u8::is_ascii_digit)
+                        && j > i
+                        && bytes.get(j - 1).is_some_and(u8::is_ascii_digit) =>
+                {
+                    j += 1;
+                }
+                _ => break,
+            }
+        }
+        let bounded = !bytes.get(j).copied().is_some_and(is_word);
+        if bounded
+            && (PAN_DIGITS_MIN..=PAN_DIGITS_MAX).contains(&digits.len())
+            && luhn_valid(&digits)
+        {
+            let last4: String = digits
+                .iter()
+                .skip(digits.len() - 4)
+                .map(|d| char::from(b'0' + d))
+                .collect();
+            out.push(Finding {
+                offset: i,
+                last4,
+                digits: digits.len(),
+            });
+        }
+        i = j.max(i + 1);
+    }
+    out
+}
+
+/// Every file under `paths` (recursively), with what [`find_pans`] found in it.
+pub fn scan_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Finding)>> {
+    let mut findings = Vec::new();
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        } else if meta.is_file() {
+            let bytes = std::fs::read(&path)?;
+            findings.extend(find_pans(&bytes).into_iter().map(|f| (path.clone(), f)));
+        }
+    }
+    Ok(findings)
+}
+
+/// Whether `needle` occurs in `haystack` as a whole word (not inside a longer run of
+/// letters or digits): how the tests look for the security codes they used.
+pub fn contains_word(haystack: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return false;
+    }
+    haystack.windows(needle.len()).enumerate().any(|(i, w)| {
+        w == needle
+            && (i == 0 || !haystack.get(i - 1).copied().is_some_and(is_word))
+            && !haystack.get(i + needle.len()).copied().is_some_and(is_word)
+    })
+}
+
+pub fn display(path: &Path, f: &Finding) -> String {
+    format!(
+        "{}: offset {}: a {}-digit Luhn-valid number ending {}",
+        path.display(),
+        f.offset,
+        f.digits,
+        f.last4
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_card_numbers_as_people_write_them() {
+        for text in [
+            "card 4242424242424242 declined",
+            "\"number\":\"4242 4242 4242 4242\"",
+            "4242-4242-4242-4242",
+            "amex=378282246310005;",
+        ] {
+            assert_eq!(find_pans(text.as_bytes()).len(), 1, "{text}");
+        }
+    }
+
+    #[test]
+    fn ignores_what_is_not_a_card_number() {
+        for text in [
+            "4242424242424241",            // Luhn fails
+            "req_4242424242424242",        // part of a word
+            "a4242424242424242b",          // inside hex
+            "42424242424",                 // too short
+            "424242424242424242424242",    // too long
+            "2026-11-28T19:04:05.123456Z", // a timestamp
+        ] {
+            assert!(find_pans(text.as_bytes()).is_empty(), "{text}");
+        }
+    }
+
+    #[test]
+    fn word_search_for_security_codes() {
+        assert!(contains_word(b"cvc=987;", b"987"));
+        assert!(!contains_word(b"x19876", b"987"));
+    }
+}
