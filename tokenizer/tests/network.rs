@@ -103,7 +103,7 @@ async fn the_n_plus_first_attempt_from_one_address_is_refused() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(retry >= 1 && retry <= 600, "{retry}");
+    assert!((1..=600).contains(&retry), "{retry}");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "rate_limited");
     // Billing's internal calls are not limited by the browser's allowance.
