@@ -96,6 +96,11 @@ impl Brand {
         }
     }
 
+    /// Whether this is a known brand that issues numbers of `len` digits.
+    pub fn issues_length(self, len: usize) -> bool {
+        self != Brand::Unknown && self.lengths().contains(&len)
+    }
+
     /// Amex prints a 4-digit security code; the others 3.
     pub fn cvc_len(self) -> usize {
         if self == Brand::Amex {

@@ -31,7 +31,12 @@ enum Command {
     },
     /// Look for card numbers (Luhn-valid 12–19 digits) in files and directories. Exits 1 if
     /// any is found.
-    PanScan { paths: Vec<PathBuf> },
+    PanScan {
+        /// Also look for these security codes (the ones a test run used).
+        #[arg(long = "cvc")]
+        cvcs: Vec<String>,
+        paths: Vec<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -220,14 +225,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::PanScan { paths } => {
+        Command::PanScan { cvcs, paths } => {
             anyhow::ensure!(!paths.is_empty(), "give at least one file or directory");
-            let findings = pan_scan::scan_paths(&paths)?;
+            let findings = pan_scan::scan_paths(&paths, &cvcs)?;
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
             for (path, f) in &findings {
-                println!("{}", pan_scan::display(path, f));
+                let _ = writeln!(out, "{}", pan_scan::display(path, f));
             }
             if findings.is_empty() {
-                println!("no card numbers found");
+                let _ = writeln!(out, "no card numbers found");
                 Ok(ExitCode::SUCCESS)
             } else {
                 Ok(ExitCode::from(1))

@@ -3,13 +3,15 @@
 //! logs; CI runs it over everything the test suite left behind.
 //!
 //! A candidate is a run of digits, optionally grouped by single spaces or dashes
-//! (`4242 4242 4242 4242`), that is not part of a longer word: a digit run inside a hex id or
-//! next to letters is not a card number as written anywhere. Findings are reported by offset
-//! and last four only.
+//! (`4242 4242 4242 4242`), that is not part of a longer word (a digit run inside a hex id or
+//! next to letters is not a card number as written anywhere), passes the Luhn check, and starts
+//! with an issuer prefix of a card brand at a length that brand issues — as assessors' discovery
+//! tools do, so a microsecond timestamp (16 digits starting with 1) is not taken for a card.
+//! Findings are reported by offset and last four only.
 
 use std::path::{Path, PathBuf};
 
-use crate::card::{luhn_valid, PAN_DIGITS_MAX, PAN_DIGITS_MIN};
+use crate::card::{luhn_valid, Brand, PAN_DIGITS_MAX, PAN_DIGITS_MIN};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -27,8 +29,12 @@ pub fn find_pans(bytes: &[u8]) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let starts_run = bytes.get(i).is_some_and(u8::is_ascii_digit)
-            && (i == 0 || !bytes.get(i - 1).copied().is_some_and(is_word));
+        // Not inside a word, and not the fraction of a decimal number (`1.4086748199999999`).
+        let prev = i.checked_sub(1).and_then(|j| bytes.get(j)).copied();
+        let prev2 = i.checked_sub(2).and_then(|j| bytes.get(j)).copied();
+        let fraction = prev == Some(b'.') && prev2.is_some_and(|b| b.is_ascii_digit());
+        let starts_run =
+            bytes.get(i).is_some_and(u8::is_ascii_digit) && !prev.is_some_and(is_word) && !fraction;
         if !starts_run {
             i += 1;
             continue;
@@ -56,6 +62,7 @@ pub fn find_pans(bytes: &[u8]) -> Vec<Finding> {
         if bounded
             && (PAN_DIGITS_MIN..=PAN_DIGITS_MAX).contains(&digits.len())
             && luhn_valid(&digits)
+            && Brand::detect(&digits).issues_length(digits.len())
         {
             let last4: String = digits
                 .iter()
@@ -73,8 +80,9 @@ pub fn find_pans(bytes: &[u8]) -> Vec<Finding> {
     out
 }
 
-/// Every file under `paths` (recursively), with what [`find_pans`] found in it.
-pub fn scan_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Finding)>> {
+/// Every file under `paths` (recursively), with what [`find_pans`] found in it, and where any
+/// of `codes` (security codes the caller used) appears by [`find_code`].
+pub fn scan_paths(paths: &[PathBuf], codes: &[String]) -> anyhow::Result<Vec<(PathBuf, Finding)>> {
     let mut findings = Vec::new();
     let mut stack: Vec<PathBuf> = paths.to_vec();
     while let Some(path) = stack.pop() {
@@ -86,6 +94,18 @@ pub fn scan_paths(paths: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, Finding)>> 
         } else if meta.is_file() {
             let bytes = std::fs::read(&path)?;
             findings.extend(find_pans(&bytes).into_iter().map(|f| (path.clone(), f)));
+            for code in codes {
+                if let Some(offset) = find_code(&bytes, code.as_bytes()) {
+                    findings.push((
+                        path.clone(),
+                        Finding {
+                            offset,
+                            last4: "(a security code the tests used)".to_owned(),
+                            digits: code.len(),
+                        },
+                    ));
+                }
+            }
         }
     }
     Ok(findings)
@@ -102,6 +122,25 @@ pub fn contains_word(haystack: &[u8], needle: &[u8]) -> bool {
             && (i == 0 || !haystack.get(i - 1).copied().is_some_and(is_word))
             && !haystack.get(i + needle.len()).copied().is_some_and(is_word)
     })
+}
+
+/// Where `code` (a security code) occurs as a whole word that is not a JSON or `key:` number
+/// (`"ms":317` is a latency; `cvc=317`, `"317"` or `Cvc("317")` would be a leak).
+pub fn find_code(haystack: &[u8], code: &[u8]) -> Option<usize> {
+    if code.is_empty() {
+        return None;
+    }
+    haystack
+        .windows(code.len())
+        .enumerate()
+        .find(|(i, w)| {
+            let before = i.checked_sub(1).and_then(|j| haystack.get(j)).copied();
+            let after = haystack.get(i + code.len()).copied();
+            *w == code
+                && !before.is_some_and(|b| is_word(b) || b == b':' || b == b'.')
+                && !after.is_some_and(|b| is_word(b) || b == b'.')
+        })
+        .map(|(i, _)| i)
 }
 
 pub fn display(path: &Path, f: &Finding) -> String {
@@ -133,12 +172,15 @@ mod tests {
     #[test]
     fn ignores_what_is_not_a_card_number() {
         for text in [
-            "4242424242424241",            // Luhn fails
-            "req_4242424242424242",        // part of a word
-            "a4242424242424242b",          // inside hex
-            "42424242424",                 // too short
-            "424242424242424242424242",    // too long
-            "2026-11-28T19:04:05.123456Z", // a timestamp
+            "4242424242424241",                    // Luhn fails
+            "req_4242424242424242",                // part of a word
+            "a4242424242424242b",                  // inside hex
+            "42424242424",                         // too short
+            "424242424242424242424242",            // too long
+            "2026-11-28T19:04:05.123456Z",         // a timestamp
+            "1795892369572125",                    // microseconds since 1970, Luhn-valid
+            "9000000000000001",                    // Luhn-valid, no card brand
+            "\"elapsed_secs\":1.4086748199999999", // a float's fraction
         ] {
             assert!(find_pans(text.as_bytes()).is_empty(), "{text}");
         }
@@ -148,5 +190,11 @@ mod tests {
     fn word_search_for_security_codes() {
         assert!(contains_word(b"cvc=987;", b"987"));
         assert!(!contains_word(b"x19876", b"987"));
+        assert!(find_code(b"cvc=987;", b"987").is_some());
+        assert!(find_code(br#"{"cvc":"987"}"#, b"987").is_some());
+        assert!(find_code(br#"Cvc("987")"#, b"987").is_some());
+        assert!(find_code(br#"{"ms":987,"status":200}"#, b"987").is_none());
+        assert!(find_code(b"cvc 987 given", b"987").is_some());
+        assert!(find_code(b"amount 1.987", b"987").is_none());
     }
 }

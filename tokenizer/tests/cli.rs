@@ -41,7 +41,7 @@ fn components_arg(dir: &Path) -> String {
 
 #[test]
 fn serve_refuses_without_every_custodian_and_logs_refused_clients() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = test_dir();
     let db_url = format!("sqlite://{}/vault.db", dir.path().display());
     let out = run_ok(
         tokenizer(&db_url)
@@ -139,6 +139,9 @@ fn serve_refuses_without_every_custodian_and_logs_refused_clients() {
     assert!(out.contains("pan") && out.contains("primary"), "{out}");
     let out = run_ok(tokenizer(&db_url).args(["audit", "verify"]));
     assert!(out.contains("audit trail intact"), "{out}");
+    if artifacts_dir().is_some() {
+        let _ = dir.keep();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

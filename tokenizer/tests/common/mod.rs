@@ -12,6 +12,43 @@ use std::time::Duration;
 pub use serde_json::{json, Value};
 use tokenizer::db::{Backend, Db};
 
+/// Where a CI run keeps every database file, dump and log the tests make, so that a card-number
+/// scan can go over all of them once the whole suite has run (`.ci/run`).
+pub fn artifacts_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("CAREBILL_TEST_ARTIFACTS")?);
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(dir)
+}
+
+/// With artifacts kept, the vault's logs (debug level, JSON) go to a file there.
+fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Some(dir) = artifacts_dir() {
+            let exe = std::env::current_exe().unwrap();
+            let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+            let file =
+                std::fs::File::create(dir.join(format!("{name}-{}.log", std::process::id())))
+                    .unwrap();
+            let _ = tracing_subscriber::fmt()
+                .json()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_writer(std::sync::Mutex::new(file))
+                .try_init();
+        }
+    });
+}
+
+pub fn test_dir() -> tempfile::TempDir {
+    match artifacts_dir() {
+        Some(dir) => tempfile::Builder::new()
+            .prefix("vault-")
+            .tempdir_in(dir)
+            .unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    }
+}
+
 pub fn pg_admin_url() -> String {
     std::env::var("CAREBILL_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
@@ -81,7 +118,8 @@ impl Vault {
         backend: Backend,
         adjust: impl FnOnce(&mut tokenizer::Config),
     ) -> Vault {
-        let dir = tempfile::tempdir().unwrap();
+        init_logging();
+        let dir = test_dir();
         let (db_url, pg_database) = fresh_database(backend, dir.path()).await;
         let ca = devcerts::Ca::new("vault test CA").unwrap();
         let server = ca.server_cert(&["localhost", "127.0.0.1"]).unwrap();
@@ -214,6 +252,11 @@ impl Vault {
     }
 
     pub async fn finish(mut self) {
+        if artifacts_dir().is_some() {
+            // Kept for the scan at the end of the suite.
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            let _ = dir.keep();
+        }
         let verified = tokenizer::audit::verify(self.db()).await.unwrap();
         assert!(verified.rows > 0);
         if let Some(running) = self.running.take() {
@@ -221,6 +264,16 @@ impl Vault {
             running.stop().await;
         }
         if let Some(name) = self.pg_database.take() {
+            if let Some(artifacts) = artifacts_dir() {
+                let out = std::process::Command::new("pg_dump")
+                    .arg("--data-only")
+                    .arg("--file")
+                    .arg(artifacts.join(format!("{name}.sql")))
+                    .arg(&self.db_url)
+                    .status()
+                    .unwrap();
+                assert!(out.success(), "pg_dump {name}");
+            }
             let admin = Db::connect(&pg_admin_url()).await.unwrap();
             let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                 .execute(&admin.pool)
