@@ -6,7 +6,7 @@ use sqlx::Row;
 use zeroize::Zeroizing;
 
 use crate::audit;
-use crate::card::{Brand, CardNumber, Cvc, Expiry};
+use crate::card::{CardNumber, Cvc, Expiry};
 use crate::db::{now_us, placeholders};
 use crate::http::error::{VaultError, VaultResult};
 use crate::keys::{FIELD_CARDHOLDER_NAME, FIELD_CARD_NUMBER};
@@ -46,13 +46,24 @@ pub struct CardView {
     pub exp_year: i64,
 }
 
-/// A validated card from the collect form.
-#[derive(Debug, Clone)]
+/// A validated card from the collect form. `Debug` shows brand, last four and expiry only.
+#[derive(Clone)]
 pub struct NewCard {
     pub number: CardNumber,
     pub expiry: Expiry,
     pub name: Option<Zeroizing<String>>,
     pub cvc: Cvc,
+}
+
+impl std::fmt::Debug for NewCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCard")
+            .field("number", &self.number)
+            .field("expiry", &self.expiry)
+            .field("name", &self.name.as_ref().map(|_| "[redacted]"))
+            .field("cvc", &self.cvc)
+            .finish()
+    }
 }
 
 /// Who is asking, for the audit trail.
@@ -417,9 +428,4 @@ pub async fn delete(state: &AppState, token: &str, actor: &Actor) -> VaultResult
         .ok_or_else(|| VaultError::not_found("token"))?;
     state.cvcs.forget(token);
     Ok(view)
-}
-
-/// The brand a stored card was given (for tests and tools).
-pub fn brand_of(view: &CardView) -> Brand {
-    Brand::parse(&view.brand).unwrap_or(Brand::Unknown)
 }

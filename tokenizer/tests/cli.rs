@@ -135,6 +135,15 @@ fn serve_refuses_without_every_custodian_and_logs_refused_clients() {
     child.kill().unwrap();
     child.wait().unwrap();
 
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("vault.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the vault database is readable by others");
+    }
     let out = run_ok(tokenizer(&db_url).args(["keys", "list"]));
     assert!(out.contains("pan") && out.contains("primary"), "{out}");
     let out = run_ok(tokenizer(&db_url).args(["audit", "verify"]));
