@@ -31,11 +31,19 @@ pub enum Command {
     },
     /// Run the database migrations and exit.
     Migrate,
-    /// One-command start on the embedded defaults: create the database, seed a small demo,
-    /// print the URL and an API key, and serve.
+    /// One-command start on the embedded defaults: development certificates, the card vault
+    /// (a child process), the database, a small demo; prints the URLs and an API key, and serves.
     Up {
         #[arg(long)]
         addr: Option<String>,
+        /// The card vault's collect listener (the card form posts card numbers here); port 0
+        /// picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        vault_collect_addr: String,
+        /// The card vault's internal, mutual-TLS listener (billing calls it); port 0 picks a
+        /// free port.
+        #[arg(long, default_value = "127.0.0.1:8445")]
+        vault_internal_addr: String,
     },
     /// Manage API keys.
     Apikey {
@@ -81,11 +89,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied ({})", db.backend.name());
             Ok(())
         }
-        Command::Up { addr } => {
+        Command::Up {
+            addr,
+            vault_collect_addr,
+            vault_internal_addr,
+        } => {
             if let Some(addr) = addr {
                 config.addr = addr;
             }
-            crate::demo::up(config).await
+            let options = crate::demo::UpOptions {
+                vault_collect_addr,
+                vault_internal_addr,
+            };
+            crate::demo::up(config, options).await
         }
         Command::Apikey {
             command: ApikeyCommand::Create { role },

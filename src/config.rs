@@ -8,8 +8,16 @@
 //! | `idempotency_ttl_seconds` | `CAREBILL_IDEMPOTENCY_TTL_SECONDS` | 86400 (24 h) |
 //! | `idempotency_lease_ms` | `CAREBILL_IDEMPOTENCY_LEASE_MS` | 60000 |
 //! | `request_timeout_ms` | `CAREBILL_REQUEST_TIMEOUT_MS` | 30000 |
+//! | `vault_url` | `CAREBILL_VAULT_URL` | none: card tokens (`tok_…`) answer 503 |
+//! | `vault_ca` | `CAREBILL_VAULT_CA` | the CA that issued the vault's server certificate |
+//! | `vault_client_cert` | `CAREBILL_VAULT_CLIENT_CERT` | billing's client certificate (PEM) |
+//! | `vault_client_key` | `CAREBILL_VAULT_CLIENT_KEY` | its private key (PEM) |
+//! | `vault_timeout_ms` | `CAREBILL_VAULT_TIMEOUT_MS` | 5000 |
+//!
+//! The vault is the card vault's internal (mutual-TLS) listener, e.g. `https://127.0.0.1:8445`;
+//! with `vault_url` set, the CA, client certificate and key are required.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -25,6 +33,16 @@ pub struct Config {
     pub idempotency_lease_ms: i64,
     /// Whole-request timeout.
     pub request_timeout_ms: u64,
+    /// The card vault's internal listener (`https://…`); none: no card tokens.
+    pub vault_url: Option<String>,
+    /// The CA that issued the vault's server certificate (PEM); the only root trusted.
+    pub vault_ca: Option<PathBuf>,
+    /// Billing's client certificate for the vault (PEM).
+    pub vault_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub vault_client_key: Option<PathBuf>,
+    /// Whole-call timeout of one vault request (connect, TLS handshake, answer).
+    pub vault_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -35,6 +53,11 @@ impl Default for Config {
             idempotency_ttl_seconds: 86_400,
             idempotency_lease_ms: 60_000,
             request_timeout_ms: 30_000,
+            vault_url: None,
+            vault_ca: None,
+            vault_client_cert: None,
+            vault_client_key: None,
+            vault_timeout_ms: 5_000,
         }
     }
 }
@@ -49,6 +72,11 @@ impl std::fmt::Debug for Config {
             .field("idempotency_ttl_seconds", &self.idempotency_ttl_seconds)
             .field("idempotency_lease_ms", &self.idempotency_lease_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("vault_url", &self.vault_url)
+            .field("vault_ca", &self.vault_ca)
+            .field("vault_client_cert", &self.vault_client_cert)
+            .field("vault_client_key", &self.vault_client_key)
+            .field("vault_timeout_ms", &self.vault_timeout_ms)
             .finish()
     }
 }
@@ -92,6 +120,24 @@ impl Config {
                 .parse()
                 .map_err(|_| anyhow::anyhow!("CAREBILL_REQUEST_TIMEOUT_MS must be an integer"))?;
         }
+        let nonempty = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = nonempty("CAREBILL_VAULT_URL") {
+            self.vault_url = Some(v);
+        }
+        if let Some(v) = nonempty("CAREBILL_VAULT_CA") {
+            self.vault_ca = Some(PathBuf::from(v));
+        }
+        if let Some(v) = nonempty("CAREBILL_VAULT_CLIENT_CERT") {
+            self.vault_client_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = nonempty("CAREBILL_VAULT_CLIENT_KEY") {
+            self.vault_client_key = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("CAREBILL_VAULT_TIMEOUT_MS") {
+            self.vault_timeout_ms = v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("CAREBILL_VAULT_TIMEOUT_MS must be an integer"))?;
+        }
         Ok(())
     }
 
@@ -109,6 +155,35 @@ impl Config {
             "request_timeout_ms must be at least 100"
         );
         crate::db::Backend::from_url(&self.database_url)?;
+        self.validate_vault()
+    }
+
+    /// The vault settings: all or nothing, over https, with a sane timeout.
+    pub fn validate_vault(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (100..=120_000).contains(&self.vault_timeout_ms),
+            "vault_timeout_ms must be between 100 and 120000"
+        );
+        let Some(url) = &self.vault_url else {
+            return Ok(());
+        };
+        anyhow::ensure!(
+            url.starts_with("https://"),
+            "vault_url must start with https:// (the vault speaks mutual TLS only)"
+        );
+        for (value, name) in [
+            (&self.vault_ca, "vault_ca (CAREBILL_VAULT_CA)"),
+            (
+                &self.vault_client_cert,
+                "vault_client_cert (CAREBILL_VAULT_CLIENT_CERT)",
+            ),
+            (
+                &self.vault_client_key,
+                "vault_client_key (CAREBILL_VAULT_CLIENT_KEY)",
+            ),
+        ] {
+            anyhow::ensure!(value.is_some(), "vault_url is set, so {name} is required");
+        }
         Ok(())
     }
 }
@@ -128,5 +203,30 @@ mod tests {
         assert_eq!(c.addr, "127.0.0.1:9");
         assert!(!format!("{c:?}").contains("secret"));
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn vault_settings_from_file_and_env() {
+        let mut c: Config = toml::from_str(
+            "vault_url = \"https://127.0.0.1:8445\"\nvault_ca = \"ca.pem\"\nvault_timeout_ms = 1500",
+        )
+        .unwrap();
+        assert_eq!(c.vault_timeout_ms, 1500);
+        // The client certificate and key are missing: refused, naming the setting.
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("vault_client_cert"), "{err}");
+        c.apply_env(|n| match n {
+            "CAREBILL_VAULT_CLIENT_CERT" => Some("client.pem".to_owned()),
+            "CAREBILL_VAULT_CLIENT_KEY" => Some("client.key".to_owned()),
+            "CAREBILL_VAULT_TIMEOUT_MS" => Some("900".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.vault_timeout_ms, 900);
+        assert_eq!(c.vault_client_key, Some(PathBuf::from("client.key")));
+        c.vault_url = Some("http://127.0.0.1:8445".to_owned());
+        assert!(c.validate().is_err(), "plain http is refused");
+        assert!(Config::default().validate().is_ok(), "no vault is fine");
     }
 }

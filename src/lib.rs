@@ -17,12 +17,14 @@
 //! | [`payments`] | charging a payment method, crash-safe |
 //! | [`refunds`] | refunding a payment, with reservations against over-refund |
 //! | [`processor`] | the processor seam and its simulator |
+//! | [`vault`] | the card vault's mutual-TLS client: a card token becomes a payment method |
 //! | [`idempotency`] | `Idempotency-Key`: claim, replay, resume after a crash |
 //! | [`auth`] | API keys, roles and the one authorization table |
 //! | [`api`], [`error`] | extractors that name bad parameters; the error type |
 //! | [`db`] | the pool over PostgreSQL or SQLite, write transactions with bounded retry |
 //! | [`server`] | the router, middleware and OpenAPI document |
 //! | [`cli`] | `carebill serve / migrate / up / apikey / ledger verify / bench` |
+//! | [`demo`] | `carebill up`: billing, a vault child process and a seeded demo |
 
 pub mod api;
 pub mod auth;
@@ -46,6 +48,7 @@ pub mod processor;
 pub mod refunds;
 pub mod server;
 pub mod telemetry;
+pub mod vault;
 
 use std::sync::Arc;
 
@@ -55,4 +58,6 @@ pub struct AppState {
     pub db: db::Db,
     pub config: Arc<config::Config>,
     pub processor: Arc<dyn processor::PaymentProcessor>,
+    /// The card vault, when configured; without it a card token (`tok_…`) answers 503.
+    pub vault: Option<vault::VaultClient>,
 }

@@ -2,8 +2,17 @@
 //!
 //! The path of a payment, and what survives a crash at each step:
 //!
+//! 0. A card token (`tok_…`) is exchanged at the card vault for the processor's payment method
+//!    and the card's brand and last four, *before anything is written*: an unknown token or a
+//!    vault that is down or slow leaves no payment and no idempotency key behind (404
+//!    `resource_missing` / 503 `vault_unavailable`), and the same request can simply be sent
+//!    again. A `pm_…` id goes to the processor as it is.
 //! 1. **tx A** records the payment (`pending`) and moves its idempotency key to
-//!    `processor_called`. After a crash here a retry finds the key and resumes at step 2.
+//!    `processor_called`. The payment keeps what the client sent (`payment_method`: the token or
+//!    the `pm_…` id), the card's brand and last four from the vault, and the payment method the
+//!    processor is to charge (`processor_payment_method`). After a crash here a retry finds the
+//!    key and resumes at step 2 with that stored payment method — the vault is not asked again
+//!    (the card may have been deleted since), and the processor sees exactly the first request.
 //! 2. The processor is called with an idempotency key derived from the payment id
 //!    (`carebill-pay_…`), never from invoice and amount. Calling it again after a crash returns
 //!    the first charge's outcome: no second charge.
@@ -14,6 +23,9 @@
 //! Ledger entries per status: `succeeded` posts the entry above; `processing` and `failed`
 //! post nothing (no money has moved). A decline answers 402 `card_error` with the decline code,
 //! and the failed payment is recorded and attached to the error.
+//!
+//! The card a payment shows (`card.brand`, `card.last4`) is the vault's for a token payment (the
+//! card that was tokenized, recorded in tx A), else the processor's (recorded in tx B).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -55,7 +67,8 @@ pub struct CreatePayment {
     /// Minor units, positive.
     pub amount: i64,
     pub currency: String,
-    /// A processor PaymentMethod id (`pm_card_visa` in test mode) or a vault card token (`tok_…`).
+    /// A processor PaymentMethod id (`pm_card_visa` in test mode) or a card vault token
+    /// (`tok_` and 24 letters and digits).
     pub payment_method: String,
 }
 
@@ -92,8 +105,8 @@ pub struct Payment {
 }
 
 const PAYMENT_COLUMNS: &str = "seq, id, patient_id, invoice_id, currency, amount_minor, status, payment_method, \
-     processor_idempotency_key, processor_charge_id, card_brand, card_last4, failure_code, failure_message, \
-     amount_applied_minor, amount_credited_minor, refunded_applied_minor, refunded_credited_minor, \
+     processor_payment_method, processor_idempotency_key, processor_charge_id, card_brand, card_last4, \
+     failure_code, failure_message, amount_applied_minor, amount_credited_minor, refunded_applied_minor, refunded_credited_minor, \
      amount_refund_reserved_minor, journal_entry_id, created_at_us";
 
 /// A payment row as the money code sees it.
@@ -104,7 +117,10 @@ pub struct PaymentRow {
     pub invoice: Option<InvoiceId>,
     pub amount: Money,
     pub status: String,
+    /// What the client sent: a `pm_…` id or a card token.
     pub payment_method: String,
+    /// What the processor charges: the `pm_…` id, or the one the vault made for the token.
+    pub processor_payment_method: String,
     pub processor_key: String,
     pub charge_id: Option<String>,
     pub applied: Money,
@@ -127,6 +143,7 @@ impl PaymentRow {
             amount: m("amount_minor")?,
             status: row.try_get("status")?,
             payment_method: row.try_get("payment_method")?,
+            processor_payment_method: row.try_get("processor_payment_method")?,
             processor_key: row.try_get("processor_idempotency_key")?,
             charge_id: row.try_get("processor_charge_id")?,
             applied: m("amount_applied_minor")?,
@@ -243,15 +260,25 @@ impl CreatePayment {
         let amount = amount_field("amount", self.amount)?;
         let currency = currency_field("currency", &self.currency)?;
         let pm = self.payment_method.trim();
-        let well_formed = (pm.starts_with("pm_") || pm.starts_with("tok_"))
-            && pm.len() <= PAYMENT_METHOD_CHARS_MAX
-            && pm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !well_formed {
-            return Err(ApiError::invalid(
-                "payment_method",
-                "payment_method_invalid",
-                "Must be a payment method id (`pm_…`) or a card token (`tok_…`).",
-            ));
+        if pm.starts_with("tok_") {
+            if !crate::vault::is_token(pm) {
+                return Err(ApiError::invalid(
+                    "payment_method",
+                    "payment_method_invalid",
+                    "A card token is `tok_` followed by 24 letters and digits.",
+                ));
+            }
+        } else {
+            let well_formed = pm.starts_with("pm_")
+                && pm.len() <= PAYMENT_METHOD_CHARS_MAX
+                && pm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !well_formed {
+                return Err(ApiError::invalid(
+                    "payment_method",
+                    "payment_method_invalid",
+                    "Must be a payment method id (`pm_…`) or a card token (`tok_…`).",
+                ));
+            }
         }
         Ok(ValidPayment {
             invoice,
@@ -268,7 +295,9 @@ impl CreatePayment {
 #[utoipa::path(post, path = "/v1/payments", tag = "payments", request_body = CreatePayment,
     params(("Idempotency-Key" = String, Header, description = "A UUID; required")),
     responses((status = 200, body = Payment), (status = 402, description = "Card declined (card_error); the failed payment is attached"),
-              (status = 409, description = "Same key in flight"), (status = 422, description = "Key reused with another request")),
+              (status = 404, description = "No such invoice, patient or card token (resource_missing)"),
+              (status = 409, description = "Same key in flight"), (status = 422, description = "Key reused with another request"),
+              (status = 503, description = "Card vault (vault_unavailable) or processor unavailable; retry with the same key")),
     security(("api_key" = [])))]
 pub async fn create_payment(
     State(state): State<AppState>,
@@ -301,6 +330,8 @@ async fn execute(
         .filter(|c| c.phase == Phase::ProcessorCalled)
         .and_then(|c| c.resource_id.clone());
     let payment = match resumed {
+        // Resuming after a crash or a timed-out attempt: the payment row has everything, the
+        // payment method to charge included; the vault is not asked again.
         Some(id) => {
             let row = sqlx::query(&format!(
                 "SELECT {PAYMENT_COLUMNS} FROM payments WHERE id = $1"
@@ -310,14 +341,18 @@ async fn execute(
             .await?;
             PaymentRow::from_row(&row)?
         }
-        None => record(state, &claim, &req).await?,
+        None => {
+            // Before any write: a vault failure leaves nothing behind.
+            let method = resolve_method(state, &req.payment_method).await?;
+            record(state, &claim, &req, &method).await?
+        }
     };
     let payment_id = payment.id.clone();
     let outcome = if payment.status == "pending" {
         let request = ChargeRequest {
             idempotency_key: payment.processor_key.clone(),
             amount: payment.amount,
-            payment_method: payment.payment_method.clone(),
+            payment_method: payment.processor_payment_method.clone(),
             payment_id: payment.id.to_string(),
         };
         Some(state.processor.charge(&request).await)
@@ -335,13 +370,49 @@ async fn execute(
         .await
 }
 
+/// What the processor is to charge for a request's `payment_method`, and the card behind it
+/// when the vault told us.
+#[derive(Debug, Clone)]
+struct ResolvedMethod {
+    processor_payment_method: String,
+    card: Option<CardSummary>,
+}
+
+/// A `pm_…` id is charged as it is; a card token is exchanged at the vault (no vault
+/// configured, down or slow: 503 `vault_unavailable`; unknown token: 404 naming
+/// `payment_method`).
+async fn resolve_method(state: &AppState, payment_method: &str) -> ApiResult<ResolvedMethod> {
+    if !payment_method.starts_with("tok_") {
+        return Ok(ResolvedMethod {
+            processor_payment_method: payment_method.to_owned(),
+            card: None,
+        });
+    }
+    let vault = state
+        .vault
+        .as_ref()
+        .ok_or_else(crate::vault::not_configured_error)?;
+    let minted = vault
+        .charge_method(payment_method, &crate::error::current_request_id())
+        .await?;
+    Ok(ResolvedMethod {
+        processor_payment_method: minted.payment_method,
+        card: Some(minted.card),
+    })
+}
+
 /// tx A: checks the invoice or patient, records the pending payment, marks the key.
-async fn record(state: &AppState, claim: &MaybeClaim, req: &ValidPayment) -> ApiResult<PaymentRow> {
+async fn record(
+    state: &AppState,
+    claim: &MaybeClaim,
+    req: &ValidPayment,
+    method: &ResolvedMethod,
+) -> ApiResult<PaymentRow> {
     let backend = state.db.backend;
     state
         .db
         .write(|tx| {
-            let (claim, req) = (claim.clone(), req.clone());
+            let (claim, req, method) = (claim.clone(), req.clone(), method.clone());
             Box::pin(async move {
                 idempotency::claim(tx, &claim).await?;
                 let patient = match &req.invoice {
@@ -372,7 +443,8 @@ async fn record(state: &AppState, claim: &MaybeClaim, req: &ValidPayment) -> Api
                 let now = now_us();
                 sqlx::query(
                     "INSERT INTO payments (id, patient_id, invoice_id, currency, amount_minor, status, payment_method, \
-                     processor_idempotency_key, created_at_us, updated_at_us) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $8)",
+                     processor_payment_method, card_brand, card_last4, processor_idempotency_key, created_at_us, updated_at_us) \
+                     VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $11)",
                 )
                 .bind(id.as_str())
                 .bind(patient.as_str())
@@ -380,6 +452,9 @@ async fn record(state: &AppState, claim: &MaybeClaim, req: &ValidPayment) -> Api
                 .bind(req.currency.code())
                 .bind(req.amount.get())
                 .bind(&req.payment_method)
+                .bind(&method.processor_payment_method)
+                .bind(method.card.as_ref().map(|c| c.brand.clone()))
+                .bind(method.card.as_ref().map(|c| c.last4.clone()))
                 .bind(format!("carebill-{id}"))
                 .bind(now)
                 .execute(&mut **tx)
@@ -394,6 +469,7 @@ async fn record(state: &AppState, claim: &MaybeClaim, req: &ValidPayment) -> Api
                     amount: req.amount.of(req.currency),
                     status: "pending".to_owned(),
                     payment_method: req.payment_method.clone(),
+                    processor_payment_method: method.processor_payment_method.clone(),
                     charge_id: None,
                     applied: zero,
                     credited: zero,
@@ -468,7 +544,8 @@ async fn apply_outcome(
             Ok(response)
         }
         Some(Ok(ChargeOutcome::Processing { charge_id, card })) => {
-            sqlx::query("UPDATE payments SET status = 'processing', processor_charge_id = $1, card_brand = $2, card_last4 = $3, updated_at_us = $4 WHERE id = $5")
+            sqlx::query("UPDATE payments SET status = 'processing', processor_charge_id = $1, card_brand = COALESCE(card_brand, $2), \
+                 card_last4 = COALESCE(card_last4, $3), updated_at_us = $4 WHERE id = $5")
                 .bind(charge_id)
                 .bind(card.as_ref().map(|c| c.brand.clone()))
                 .bind(card.as_ref().map(|c| c.last4.clone()))
@@ -486,7 +563,7 @@ async fn apply_outcome(
         })) => {
             sqlx::query(
                 "UPDATE payments SET status = 'failed', processor_charge_id = $1, failure_code = $2, failure_message = $3, \
-                 card_brand = $4, card_last4 = $5, updated_at_us = $6 WHERE id = $7",
+                 card_brand = COALESCE(card_brand, $4), card_last4 = COALESCE(card_last4, $5), updated_at_us = $6 WHERE id = $7",
             )
             .bind(charge_id)
             .bind(&decline_code)
@@ -613,8 +690,8 @@ async fn capture(
     }
     sqlx::query(
         "UPDATE payments SET status = 'succeeded', amount_applied_minor = $1, amount_credited_minor = $2, \
-         processor_charge_id = $3, card_brand = $4, card_last4 = $5, journal_entry_id = $6, updated_at_us = $7 \
-         WHERE id = $8",
+         processor_charge_id = $3, card_brand = COALESCE(card_brand, $4), card_last4 = COALESCE(card_last4, $5), \
+         journal_entry_id = $6, updated_at_us = $7 WHERE id = $8",
     )
     .bind(applied.amount_minor())
     .bind(credited.amount_minor())

@@ -128,10 +128,15 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     // crash-recovery tests need) and so do not compete with billing commits for fsyncs.
     let simulator_db = Db::connect_with(&config.database_url, Durability::Relaxed, 8).await?;
     let processor = Arc::new(Simulator::new(simulator_db));
+    let vault = crate::vault::VaultClient::from_config(&config)?;
+    if let Some(v) = &vault {
+        tracing::info!(vault = %v.base_url(), "card vault configured");
+    }
     Ok(AppState {
         db,
         config: Arc::new(config),
         processor,
+        vault,
     })
 }
 

@@ -273,9 +273,15 @@ CREATE TABLE payments (
     currency                 TEXT NOT NULL,
     amount_minor             BIGINT NOT NULL CHECK (amount_minor > 0),
     status                   TEXT NOT NULL CHECK (status IN ('pending', 'processing', 'succeeded', 'failed')),
+    -- what the client sent: a processor payment-method id (pm_...) or a card vault token (tok_...);
+    -- no card number ever reaches billing
     payment_method           TEXT NOT NULL,
+    -- what the processor is asked to charge: payment_method itself, or the pm_... id the vault
+    -- made for the token; a resumed payment charges exactly this again
+    processor_payment_method TEXT NOT NULL,
     processor_idempotency_key TEXT NOT NULL UNIQUE,
     processor_charge_id      TEXT,
+    -- brand and last four: the vault's for a token (from tx A), else the processor's
     card_brand               TEXT,
     card_last4               TEXT,
     failure_code             TEXT,

@@ -19,7 +19,9 @@ pub struct ChargeRequest {
     /// Derived from our payment id; the same key always names the same charge.
     pub idempotency_key: String,
     pub amount: Money,
-    /// A processor payment-method id (`pm_…`) or a vault token (`tok_…`).
+    /// The processor's payment-method id (`pm_…`): the one the client sent, or for a card
+    /// token the one the vault made for it (stored with the payment, so a resumed payment
+    /// sends the same). Never a token or a card number.
     pub payment_method: String,
     /// Our payment id, sent as metadata for reconciliation.
     pub payment_id: String,

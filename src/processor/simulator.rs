@@ -5,6 +5,7 @@
 //! | payment method | outcome |
 //! | --- | --- |
 //! | `pm_card_visa`, `pm_card_mastercard`, `pm_card_amex`, `pm_card_discover` | succeeds |
+//! | `pm_card_jcb`, `pm_card_diners`, `pm_card_unionpay` | succeeds |
 //! | `pm_card_visa_chargeDeclined` | declined, `card_declined` |
 //! | `pm_card_visa_chargeDeclinedInsufficientFunds` | declined, `insufficient_funds` |
 //! | `pm_card_chargeDeclinedExpiredCard` | declined, `expired_card` |
@@ -12,6 +13,9 @@
 //! | `pm_card_chargeDeclinedProcessingError` | declined, `processing_error` |
 //! | `pm_card_visa_processing` | `processing` (settles later) |
 //! | anything else | no such payment method |
+//!
+//! Every id the card vault's simulator minter hands out for a token is in this table, so a card
+//! tokenized by the vault charges here the way its test card does at Stripe.
 //!
 //! Like Stripe it is idempotent: a repeated idempotency key returns the first outcome, and the
 //! same key with other parameters is an error. Its records are written in their own statement,
@@ -71,6 +75,18 @@ fn outcome_for(payment_method: &str, charge_id: String) -> Option<ChargeOutcome>
         "pm_card_discover" => ChargeOutcome::Succeeded {
             charge_id,
             card: card("discover", "1117"),
+        },
+        "pm_card_jcb" => ChargeOutcome::Succeeded {
+            charge_id,
+            card: card("jcb", "0505"),
+        },
+        "pm_card_diners" => ChargeOutcome::Succeeded {
+            charge_id,
+            card: card("diners", "0004"),
+        },
+        "pm_card_unionpay" => ChargeOutcome::Succeeded {
+            charge_id,
+            card: card("unionpay", "0005"),
         },
         "pm_card_visa_chargeDeclined" => declined(
             "card_declined",
@@ -265,5 +281,52 @@ impl Simulator {
         } else {
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_payment_method_the_vault_mints_is_known() {
+        // The ids the vault's simulator minter (tokenizer/src/minter.rs) hands out for tokens.
+        for (pm, brand, last4) in [
+            ("pm_card_visa", "visa", "4242"),
+            ("pm_card_mastercard", "mastercard", "4444"),
+            ("pm_card_amex", "amex", "8431"),
+            ("pm_card_discover", "discover", "1117"),
+            ("pm_card_jcb", "jcb", "0505"),
+            ("pm_card_diners", "diners", "0004"),
+            ("pm_card_unionpay", "unionpay", "0005"),
+        ] {
+            assert_eq!(
+                outcome_for(pm, "ch_1".to_owned()),
+                Some(ChargeOutcome::Succeeded {
+                    charge_id: "ch_1".to_owned(),
+                    card: card(brand, last4),
+                }),
+                "{pm}"
+            );
+        }
+        for (pm, code) in [
+            ("pm_card_visa_chargeDeclined", "card_declined"),
+            (
+                "pm_card_visa_chargeDeclinedInsufficientFunds",
+                "insufficient_funds",
+            ),
+            ("pm_card_chargeDeclinedExpiredCard", "expired_card"),
+            ("pm_card_chargeDeclinedIncorrectCvc", "incorrect_cvc"),
+            ("pm_card_chargeDeclinedProcessingError", "processing_error"),
+        ] {
+            match outcome_for(pm, "ch_1".to_owned()) {
+                Some(ChargeOutcome::Declined { decline_code, .. }) => {
+                    assert_eq!(decline_code, code, "{pm}")
+                }
+                other => panic!("{pm}: {other:?}"),
+            }
+        }
+        assert_eq!(outcome_for("pm_card_nope", "ch_1".to_owned()), None);
     }
 }

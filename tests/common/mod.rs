@@ -1,7 +1,9 @@
 //! Test harness: every test starts the real server on port 0 with its own fresh database
 //! (a new SQLite file, or a new PostgreSQL database) and drives it over HTTP.
 //!
-//! `both_backends!` turns one async test body into two tests, `sqlite` and `postgres`.
+//! `both_backends!` turns one async test body into two tests, `sqlite` and `postgres`; its
+//! `spawn = …` form starts the app another way (e.g. [`TestApp::spawn_with_vault`], which also
+//! starts a real card vault process, `tokenizer serve`, wired to billing over mutual TLS).
 //! PostgreSQL is found at `CAREBILL_TEST_PG_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), a role allowed to create databases.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -76,6 +78,10 @@ pub struct TestApp {
     /// Client with the `admin` role.
     pub admin: ApiClient,
     pub keys: HashMap<&'static str, String>,
+    /// The card vault billing is configured with, when started by [`TestApp::spawn_with_vault`].
+    pub vault: Option<TestVault>,
+    /// The unanswering "vault" of [`TestApp::spawn_with_silent_vault`].
+    pub silent_vault: Option<SilentVault>,
     running: Running,
     cleanup: Option<Cleanup>,
 }
@@ -124,9 +130,43 @@ impl TestApp {
             db,
             admin,
             keys,
+            vault: None,
+            silent_vault: None,
             running,
             cleanup: Some(cleanup),
         }
+    }
+
+    /// A server whose vault client talks to a fresh real vault process.
+    pub async fn spawn_with_vault(backend: Backend) -> TestApp {
+        let vault = TestVault::start().await;
+        let mut app = Self::spawn_with(backend, |c| vault.child.configure(c)).await;
+        app.vault = Some(vault);
+        app
+    }
+
+    /// A server whose vault URL leads to a [`SilentVault`], with a vault timeout of
+    /// `timeout_ms`.
+    pub async fn spawn_with_silent_vault(backend: Backend, timeout_ms: u64) -> TestApp {
+        let silent = SilentVault::start().await;
+        let mut app = Self::spawn_with(backend, |c| {
+            c.vault_url = Some(format!("https://{}", silent.addr));
+            c.vault_ca = Some(silent.pki.ca_cert.clone());
+            c.vault_client_cert = Some(silent.pki.billing_client_cert.clone());
+            c.vault_client_key = Some(silent.pki.billing_client_key.clone());
+            c.vault_timeout_ms = timeout_ms;
+        })
+        .await;
+        app.silent_vault = Some(silent);
+        app
+    }
+
+    pub fn vault(&self) -> &TestVault {
+        self.vault.as_ref().expect("this app has no vault")
+    }
+
+    pub fn vault_mut(&mut self) -> &mut TestVault {
+        self.vault.as_mut().expect("this app has no vault")
     }
 
     /// The server's state (database, config, processor), for tests that call library code.
@@ -161,6 +201,9 @@ impl TestApp {
     }
 
     pub async fn finish(mut self) {
+        if let Some(mut vault) = self.vault.take() {
+            vault.child.stop().await;
+        }
         self.running.handle.abort();
         self.db.pool.close().await;
         if let Some(c) = self.cleanup.take() {
@@ -216,6 +259,202 @@ impl TestApp {
     }
 }
 
+/// A real card vault: `tokenizer serve` as a child process (killed when dropped) over its own
+/// SQLite file, with development certificates and KEK components in a temporary directory, both
+/// listeners on free ports. The binary is found next to the test executable's directory
+/// (`target/debug/tokenizer`; `cargo build` at the root builds it) or at
+/// `CAREBILL_TOKENIZER_BIN`.
+pub struct TestVault {
+    pub dir: tempfile::TempDir,
+    pub spec: carebill::demo::VaultSpec,
+    pub child: carebill::demo::VaultChild,
+    pub database_url: String,
+    /// A browser posting the card form: trusts the development CA, no client certificate.
+    pub browser: reqwest::Client,
+    /// Billing's identity (the allowlisted client certificate), for calls the tests make
+    /// directly (deleting a card).
+    pub billing: reqwest::Client,
+}
+
+impl TestVault {
+    pub async fn start() -> TestVault {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let binary = carebill::demo::tokenizer_binary().expect(
+            "the tokenizer binary (run `cargo build -p tokenizer` or `cargo build` at the root)",
+        );
+        let pki = devcerts::ensure_dev_pki(&dir.path().join("certs")).expect("dev PKI");
+        let database_url = format!("sqlite://{}/vault/tokenizer.db", dir.path().display());
+        let key_components =
+            carebill::demo::ensure_vault_keys(&binary, &database_url, &dir.path().join("keys"))
+                .await
+                .expect("tokenizer keys init");
+        let spec = carebill::demo::VaultSpec {
+            binary,
+            database_url: database_url.clone(),
+            key_components,
+            pki: pki.clone(),
+            collect_addr: "127.0.0.1:0".to_owned(),
+            internal_addr: "127.0.0.1:0".to_owned(),
+            cors_origins: Vec::new(),
+            log: dir.path().join("vault/tokenizer.log"),
+            extra_env: vec![
+                ("TOKENIZER_RATE_PER_ADDRESS".to_owned(), "10000".to_owned()),
+                ("TOKENIZER_RATE_GLOBAL".to_owned(), "100000".to_owned()),
+            ],
+        };
+        let child = carebill::demo::VaultChild::start(&spec)
+            .await
+            .expect("start tokenizer serve");
+        let browser = carebill::demo::collect_client(&pki.ca_cert).expect("collect client");
+        let identity = format!(
+            "{}{}",
+            std::fs::read_to_string(&pki.billing_client_cert).unwrap(),
+            std::fs::read_to_string(&pki.billing_client_key).unwrap()
+        );
+        let billing = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_cert).unwrap()).unwrap(),
+            )
+            .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+            .https_only(true)
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .unwrap();
+        TestVault {
+            dir,
+            spec,
+            child,
+            database_url,
+            browser,
+            billing,
+        }
+    }
+
+    /// Posts the card form to the collect listener; returns status and body.
+    pub async fn tokenize(&self, card: Value) -> (u16, Value) {
+        let response = self
+            .browser
+            .post(format!("{}/v1/cards", self.child.collect_url))
+            .json(&card)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Tokenizes a valid test card (expiring 12/2030) and returns its token.
+    pub async fn token_for(&self, number: &str) -> String {
+        let cvc = if number.starts_with("37") {
+            "1234"
+        } else {
+            "123"
+        };
+        let (status, body) = self
+            .tokenize(json!({"number": number, "exp_month": 12, "exp_year": 2030, "cvc": cvc}))
+            .await;
+        assert!(status == 200 || status == 201, "{status} {body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Deletes a card at the vault (as billing may).
+    pub async fn delete(&self, token: &str) {
+        let response = self
+            .billing
+            .delete(format!("{}/v1/cards/{token}", self.child.internal_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+
+    /// Rows of the vault's audit trail for `action` (e.g. `charge_method`), oldest first:
+    /// (token, outcome, request id).
+    pub async fn audit(&self, action: &str) -> Vec<(Option<String>, String, Option<String>)> {
+        let db = carebill::db::Db::connect(&self.database_url).await.unwrap();
+        let rows = sqlx::query(
+            "SELECT token, outcome, request_id FROM audit_log WHERE action = $1 ORDER BY seq",
+        )
+        .bind(action)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        db.pool.close().await;
+        rows.iter()
+            .map(|r| {
+                use sqlx::Row;
+                (
+                    r.try_get("token").unwrap(),
+                    r.try_get("outcome").unwrap(),
+                    r.try_get("request_id").unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// Kills the vault process (billing keeps pointing at its address).
+    pub async fn kill(&mut self) {
+        self.child.stop().await;
+    }
+
+    /// Starts the vault again on the same database, keys and ports.
+    pub async fn restart(&mut self) {
+        self.child.stop().await;
+        let port = |url: &str| url.rsplit(':').next().unwrap().to_owned();
+        let mut spec = self.spec.clone();
+        spec.collect_addr = format!("127.0.0.1:{}", port(&self.child.collect_url));
+        spec.internal_addr = format!("127.0.0.1:{}", port(&self.child.internal_url));
+        self.child = carebill::demo::VaultChild::start(&spec)
+            .await
+            .expect("restart tokenizer serve");
+    }
+}
+
+/// A "vault" that accepts TCP connections and never says a word (not even its half of the TLS
+/// handshake), holding every connection open.
+pub struct SilentVault {
+    pub addr: std::net::SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Certificates for billing's client configuration (the silent vault never checks them).
+    pub pki: devcerts::DevPki,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentVault {
+    pub async fn start() -> SilentVault {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = devcerts::ensure_dev_pki(&dir.path().join("certs")).expect("dev PKI");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        SilentVault {
+            addr,
+            accepted,
+            pki,
+            _dir: dir,
+            task,
+        }
+    }
+}
+
+impl Drop for SilentVault {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub fn new_key() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -238,6 +477,27 @@ macro_rules! both_backends {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
                 let app = $crate::common::TestApp::spawn(carebill::db::Backend::Postgres).await;
+                let app = ($body)(app).await;
+                $crate::common::TestApp::finish(app).await;
+            }
+        }
+    };
+    // `spawn = f`: the app is `f(backend).await` (e.g. `TestApp::spawn_with_vault`).
+    ($name:ident, spawn = $spawn:expr, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                let app = ($spawn)(carebill::db::Backend::Sqlite).await;
+                let app = ($body)(app).await;
+                $crate::common::TestApp::finish(app).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                let app = ($spawn)(carebill::db::Backend::Postgres).await;
                 let app = ($body)(app).await;
                 $crate::common::TestApp::finish(app).await;
             }
