@@ -70,6 +70,10 @@ pub enum Action {
     RefundsRead,
     RefundsCreate,
     LedgerRead,
+    /// Pull ledger exports (pseudonymous).
+    LedgerExport,
+    /// Exports that name patients and show card brand and last four.
+    LedgerExportIdentified,
 }
 
 /// The permission table of the core, in one place.
@@ -80,7 +84,10 @@ pub fn allowed(role: Role, action: Action) -> bool {
         PatientsRead | PatientsWrite | InvoicesRead | InvoicesWrite | PaymentsRead
         | PaymentsCreate | RefundsRead => matches!(role, Admin | BillingClerk | BillingManager),
         RefundsCreate => matches!(role, Admin | BillingManager),
-        LedgerRead => matches!(role, Admin | BillingManager | Accountant),
+        LedgerRead | LedgerExport => matches!(role, Admin | BillingManager | Accountant),
+        // Until scoped keys (`exports:identified`) land with identity and access: the billing
+        // manager only. The accountant's system works with pseudonyms.
+        LedgerExportIdentified => matches!(role, BillingManager),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The command line: `carebill serve | migrate | up | apikey create | ledger verify | bench`.
+//! The command line: `carebill serve | migrate | up | apikey create | ledger verify | export | bench`.
 
 use std::path::PathBuf;
 
@@ -55,6 +55,8 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Export the ledger for an accounting system (CSV, JSON Lines, Beancount, hledger).
+    Export(crate::export::ExportArgs),
     /// Benchmark payments per second against pgbench on the same PostgreSQL server.
     Bench(crate::bench::BenchArgs),
 }
@@ -131,6 +133,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 anyhow::bail!("{} ledger invariant violations", violations.len())
             }
+        }
+        Command::Export(args) => {
+            let db = crate::db::Db::connect(&config.database_url).await?;
+            crate::db::migrate(&db).await?;
+            crate::export::run_cli(db, args).await
         }
         Command::Bench(args) => crate::bench::run(args).await,
     }

@@ -73,6 +73,16 @@ impl ApiClient {
             .await
     }
 
+    /// GETs `path` and returns the raw response (for streamed, non-JSON bodies).
+    pub async fn get_raw(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .bearer_auth(&self.key)
+            .send()
+            .await?)
+    }
+
     /// POSTs `body` as JSON, with an `Idempotency-Key` when given.
     pub async fn post(
         &self,

@@ -120,6 +120,20 @@ impl ApiError {
         }
     }
 
+    /// One line for a command-line user: `param: message` (internal details stay in the log).
+    pub fn client_message(&self) -> String {
+        match self {
+            ApiError::Client {
+                message,
+                param: Some(param),
+                ..
+            } => format!("{param}: {message}"),
+            ApiError::Client { message, .. } => message.clone(),
+            ApiError::Busy => "the database is busy; try again".to_owned(),
+            ApiError::Internal(e) => format!("internal error: {e:#}"),
+        }
+    }
+
     /// The JSON body of this error (with the current request id).
     pub fn body(&self) -> serde_json::Value {
         let request_id = current_request_id();

@@ -35,6 +35,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod export;
 pub mod failpoint;
 pub mod idempotency;
 pub mod ids;

@@ -17,6 +17,8 @@ use utoipa::{Modify, OpenApi};
         crate::payments::create_payment, crate::payments::list_payments, crate::payments::get_payment,
         crate::refunds::create_refund, crate::refunds::list_refunds, crate::refunds::get_refund,
         crate::ledger::list_accounts, crate::ledger::get_account, crate::ledger::list_entries, crate::ledger::get_entry,
+        crate::export::export, crate::export::reports::trial_balance, crate::export::reports::account_statement,
+        crate::export::reports::ar_aging,
     ),
     modifiers(&BearerAuth),
     tags((name = "patients"), (name = "invoices"), (name = "payments"), (name = "refunds"), (name = "ledger"))

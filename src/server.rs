@@ -35,6 +35,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::payments::router())
         .merge(crate::refunds::router())
         .merge(crate::ledger::router())
+        .merge(crate::export::router())
         .route("/v1/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -47,6 +47,16 @@ both_backends!(ledger_rows_are_immutable, |app: TestApp| async move {
 /// Inserts postings for a new entry id on `accounts` with `amounts`, continuing each chain
 /// correctly, then the entry header with `declared` postings; returns whether it committed.
 async fn try_entry(app: &TestApp, lines: &[(&str, i64)], declared: i64) -> Result<(), sqlx::Error> {
+    try_entry_at(app, lines, declared, 0).await
+}
+
+/// Like `try_entry`, with the entry's commit sequence number off by `seq_offset`.
+async fn try_entry_at(
+    app: &TestApp,
+    lines: &[(&str, i64)],
+    declared: i64,
+    seq_offset: i64,
+) -> Result<(), sqlx::Error> {
     let mut tx = app.db.begin_write().await?;
     let entry = carebill::ids::EntryId::generate();
     let now = carebill::db::now_us();
@@ -68,10 +78,16 @@ async fn try_entry(app: &TestApp, lines: &[(&str, i64)], declared: i64) -> Resul
             .execute(&mut *tx)
             .await?;
     }
-    sqlx::query("INSERT INTO journal_entries (id, posted_at_us, effective_date, kind, memo, posting_count) VALUES ($1, $2, '2026-01-01', 'payment_captured', 'raw', $3)")
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE ledger_head SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO journal_entries (id, posted_at_us, effective_date, kind, memo, posting_count, ledger_seq) VALUES ($1, $2, '2026-01-01', 'payment_captured', 'raw', $3, $4)")
         .bind(entry.as_str())
         .bind(now)
         .bind(declared)
+        .bind(seq + seq_offset)
         .execute(&mut *tx)
         .await?;
     tx.commit().await
@@ -122,6 +138,17 @@ both_backends!(
             .unwrap();
         refused(&app, &format!("INSERT INTO postings (entry_id, account_id, amount_minor, currency, account_seq, balance_after_minor, posted_at_us) \
                    VALUES ('{entry}', 'acct_1000_usd', 5, 'usd', 2, 105, 9999999999999999)")).await;
+        // The commit sequence: an entry must take the number just allocated, and the head
+        // moves forward by exactly one.
+        assert!(
+            try_entry_at(&app, &[("acct_1000_usd", 7), ("acct_1010_usd", -7)], 2, 1)
+                .await
+                .is_err(),
+            "an entry skipping the commit sequence"
+        );
+        refused(&app, "UPDATE ledger_head SET last_seq = last_seq + 2").await;
+        refused(&app, "UPDATE ledger_head SET last_seq = last_seq - 1").await;
+        refused(&app, "DELETE FROM ledger_head").await;
         app.assert_ledger_sound().await;
         app
     }

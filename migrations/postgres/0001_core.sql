@@ -103,9 +103,30 @@ CREATE TABLE journal_entries (
     payment_id     TEXT,
     refund_id      TEXT,
     adjustment_id  TEXT,
+    -- Commit order: allocated from ledger_head under its row lock (see below).
+    ledger_seq     BIGINT NOT NULL UNIQUE CHECK (ledger_seq >= 1),
     CHECK ((kind = 'reversal') = (reverses_entry_id IS NOT NULL))
 );
 CREATE INDEX journal_entries_posted_at ON journal_entries (posted_at_us, seq);
+
+-- The ledger's commit sequence. Each posting transaction increments `last_seq` and gives the
+-- value to its entry; the row stays locked until the transaction commits, so ledger_seq order
+-- is commit order and an export cursor (a ledger_seq) never skips an entry that commits later.
+CREATE TABLE ledger_head (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seq BIGINT NOT NULL CHECK (last_seq >= 0)
+);
+INSERT INTO ledger_head (id, last_seq) VALUES (1, 0);
+CREATE FUNCTION ledger_head_step() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'UPDATE' OR NEW.last_seq <> OLD.last_seq + 1 OR NEW.id <> OLD.id THEN
+        RAISE EXCEPTION 'ledger: the commit sequence only moves forward by one'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER ledger_head_step BEFORE UPDATE OR DELETE ON ledger_head
+    FOR EACH ROW EXECUTE FUNCTION ledger_head_step();
 CREATE INDEX journal_entries_invoice ON journal_entries (invoice_id);
 
 -- Postings: one signed amount on one account. `account_seq` numbers the account's postings
@@ -181,6 +202,10 @@ CREATE TRIGGER accounts_before_update BEFORE UPDATE ON accounts
 -- and they must sum to zero in every currency.
 CREATE FUNCTION journal_entries_before_insert() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF NEW.ledger_seq <> (SELECT last_seq FROM ledger_head WHERE id = 1) THEN
+        RAISE EXCEPTION 'ledger: entry % must take the commit sequence number just allocated', NEW.id
+            USING ERRCODE = 'check_violation';
+    END IF;
     IF (SELECT COUNT(*) FROM postings WHERE entry_id = NEW.id) <> NEW.posting_count THEN
         RAISE EXCEPTION 'ledger: entry % has a different number of postings than declared', NEW.id
             USING ERRCODE = 'check_violation';
@@ -366,3 +391,30 @@ CREATE TABLE simulator_refunds (
     outcome_json    TEXT NOT NULL,
     created_at_us   BIGINT NOT NULL
 );
+
+-- This deployment: an id (so an export cursor from another deployment is recognised) and the
+-- key of the patient pseudonyms in exports. Created by the application on first use.
+CREATE TABLE deployment (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    deployment_id TEXT NOT NULL,
+    export_key    BYTEA NOT NULL CHECK (length(export_key) = 32),
+    created_at_us BIGINT NOT NULL
+);
+
+-- Every ledger export, recorded before its first byte is sent.
+CREATE TABLE export_audit (
+    seq          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at_us        BIGINT NOT NULL,
+    requested_by TEXT NOT NULL,
+    format       TEXT NOT NULL,
+    from_date    TEXT,
+    to_date      TEXT,
+    after_seq    BIGINT NOT NULL,
+    cursor       TEXT NOT NULL,
+    identified   BIGINT NOT NULL CHECK (identified IN (0, 1)),
+    entries      BIGINT NOT NULL
+);
+CREATE TRIGGER export_audit_append_only BEFORE UPDATE OR DELETE ON export_audit
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_head_no_truncate BEFORE TRUNCATE ON ledger_head
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change();

@@ -82,9 +82,25 @@ CREATE TABLE journal_entries (
     payment_id     TEXT,
     refund_id      TEXT,
     adjustment_id  TEXT,
+    -- Commit order: allocated from ledger_head under its write lock (see below).
+    ledger_seq     INTEGER NOT NULL UNIQUE CHECK (ledger_seq >= 1),
     CHECK ((kind = 'reversal') = (reverses_entry_id IS NOT NULL))
 ) STRICT;
 CREATE INDEX journal_entries_posted_at ON journal_entries (posted_at_us, seq);
+
+-- The ledger's commit sequence. Each posting transaction increments `last_seq` and gives the
+-- value to its entry; the row stays locked until the transaction commits, so ledger_seq order
+-- is commit order and an export cursor (a ledger_seq) never skips an entry that commits later.
+CREATE TABLE ledger_head (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seq INTEGER NOT NULL CHECK (last_seq >= 0)
+) STRICT;
+INSERT INTO ledger_head (id, last_seq) VALUES (1, 0);
+CREATE TRIGGER ledger_head_step BEFORE UPDATE ON ledger_head
+WHEN NEW.last_seq <> OLD.last_seq + 1 OR NEW.id <> OLD.id
+BEGIN SELECT RAISE(ABORT, 'ledger: the commit sequence only moves forward by one'); END;
+CREATE TRIGGER ledger_head_no_delete BEFORE DELETE ON ledger_head
+BEGIN SELECT RAISE(ABORT, 'ledger: the commit sequence cannot be removed'); END;
 CREATE INDEX journal_entries_invoice ON journal_entries (invoice_id);
 
 CREATE TABLE postings (
@@ -137,6 +153,8 @@ END;
 
 CREATE TRIGGER journal_entries_before_insert BEFORE INSERT ON journal_entries
 BEGIN
+    SELECT RAISE(ABORT, 'ledger: entry must take the commit sequence number just allocated')
+     WHERE NEW.ledger_seq <> (SELECT last_seq FROM ledger_head WHERE id = 1);
     SELECT RAISE(ABORT, 'ledger: entry has a different number of postings than declared')
      WHERE (SELECT COUNT(*) FROM postings WHERE entry_id = NEW.id) <> NEW.posting_count;
     SELECT RAISE(ABORT, 'ledger: entry does not balance')
@@ -296,3 +314,30 @@ CREATE TABLE simulator_refunds (
     outcome_json    TEXT NOT NULL,
     created_at_us   INTEGER NOT NULL
 ) STRICT;
+
+-- This deployment: an id (so an export cursor from another deployment is recognised) and the
+-- key of the patient pseudonyms in exports. Created by the application on first use.
+CREATE TABLE deployment (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    deployment_id TEXT NOT NULL,
+    export_key    BLOB NOT NULL CHECK (length(export_key) = 32),
+    created_at_us INTEGER NOT NULL
+) STRICT;
+
+-- Every ledger export, recorded before its first byte is sent.
+CREATE TABLE export_audit (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_us        INTEGER NOT NULL,
+    requested_by TEXT NOT NULL,
+    format       TEXT NOT NULL,
+    from_date    TEXT,
+    to_date      TEXT,
+    after_seq    INTEGER NOT NULL,
+    cursor       TEXT NOT NULL,
+    identified   INTEGER NOT NULL CHECK (identified IN (0, 1)),
+    entries      INTEGER NOT NULL
+) STRICT;
+CREATE TRIGGER export_audit_no_update BEFORE UPDATE ON export_audit
+BEGIN SELECT RAISE(ABORT, 'export_audit is append-only'); END;
+CREATE TRIGGER export_audit_no_delete BEFORE DELETE ON export_audit
+BEGIN SELECT RAISE(ABORT, 'export_audit is append-only'); END;

@@ -28,6 +28,15 @@ pub async fn verify(db: &Db) -> anyhow::Result<Vec<Violation>> {
 /// Each check selects one text column describing every offending row; no rows means it holds.
 const CHECKS: &[(&str, &str)] = &[
     (
+        "the commit sequence numbers every entry 1..head, without gaps",
+        "SELECT 'head ' || CAST(h.last_seq AS TEXT) || ', entries ' || CAST(COUNT(e.id) AS TEXT) \
+           || ', max ' || CAST(COALESCE(MAX(e.ledger_seq), 0) AS TEXT) \
+         FROM ledger_head h LEFT JOIN journal_entries e ON 1 = 1 \
+         GROUP BY h.last_seq \
+         HAVING COUNT(e.id) <> h.last_seq OR COALESCE(MAX(e.ledger_seq), 0) <> h.last_seq \
+            OR COALESCE(MIN(e.ledger_seq), 1) <> 1",
+    ),
+    (
         "every entry balances per currency",
         "SELECT entry_id || ' ' || currency FROM postings GROUP BY entry_id, currency HAVING SUM(amount_minor) <> 0",
     ),

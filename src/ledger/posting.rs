@@ -245,11 +245,20 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
     }
     insert.execute(&mut **tx).await?;
 
+    // The commit sequence: the ledger_head row stays locked until this transaction commits,
+    // so entries get ledger_seq in commit order (what export cursors rely on). Taken after
+    // the accounts, like every other posting transaction: one lock order, no deadlock.
+    let ledger_seq: i64 = sqlx::query_scalar(
+        "UPDATE ledger_head SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+
     let refs = &header.references;
     sqlx::query(
         "INSERT INTO journal_entries (id, posted_at_us, effective_date, kind, memo, posting_count, \
-         reverses_entry_id, patient_id, invoice_id, payment_id, refund_id, adjustment_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         reverses_entry_id, patient_id, invoice_id, payment_id, refund_id, adjustment_id, ledger_seq) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
     )
     .bind(entry_id.as_str())
     .bind(posted_at_us)
@@ -263,6 +272,7 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
     .bind(refs.payment.as_ref().map(|p| p.as_str().to_owned()))
     .bind(refs.refund.as_ref().map(|p| p.as_str().to_owned()))
     .bind(refs.adjustment.clone())
+    .bind(ledger_seq)
     .execute(&mut **tx)
     .await?;
     Ok(entry_id)
