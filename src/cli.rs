@@ -59,6 +59,8 @@ pub enum Command {
     Export(crate::export::ExportArgs),
     /// Benchmark payments per second against pgbench on the same PostgreSQL server.
     Bench(crate::bench::BenchArgs),
+    /// Benchmark ledger export (rows per second, peak memory) against PostgreSQL's COPY.
+    BenchExport(crate::export::bench::BenchExportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,5 +142,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::export::run_cli(db, args).await
         }
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::BenchExport(args) => crate::export::bench::run(args).await,
     }
 }

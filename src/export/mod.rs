@@ -14,6 +14,7 @@
 //!   brand/last four only in identified exports, which need the identified-export permission.
 //! - Every export is recorded in `export_audit` before its first byte is sent.
 
+pub mod bench;
 pub mod format;
 pub mod reports;
 
