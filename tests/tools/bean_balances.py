@@ -1,6 +1,6 @@
 """Prints every account's balance in a Beancount file as JSON: {account: {currency: "amount"}}.
 
-Used by tests/ledger_export.rs to compare Beancount's own arithmetic with carebill's ledger.
+Used by tests/common/export_check.rs to compare Beancount's own arithmetic with carebill's ledger.
 Exits 1 (printing the errors) if Beancount does not accept the file.
 """
 import json
