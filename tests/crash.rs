@@ -30,15 +30,17 @@ async fn start_binary(database_url: &str, failpoints: &str) -> (Server, String) 
         .local_addr()
         .unwrap()
         .port();
+    // Debug level into the artifacts directory when one is kept.
+    let (log_level, log) = child_logging("warn");
     let child = Server(
         Command::new(env!("CARGO_BIN_EXE_carebill"))
             .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", database_url)
             .env("CAREBILL_FAILPOINTS", failpoints)
             .env("CAREBILL_IDEMPOTENCY_LEASE_MS", "300")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap(),
     );

@@ -26,7 +26,11 @@ async fn logs_carry_no_health_data_keys_or_payment_methods() {
         .local_addr()
         .unwrap()
         .port();
-    let log_path = std::env::temp_dir().join(format!("carebill-log-{port}.jsonl"));
+    // Kept in the artifacts directory (for the card-data scan) when there is one.
+    let log_path = match artifacts_dir() {
+        Some(dir) => dir.join(format!("carebill-serve-log-hygiene-{port}.log")),
+        None => std::env::temp_dir().join(format!("carebill-log-{port}.jsonl")),
+    };
     let log_file = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_carebill"))
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
@@ -114,7 +118,9 @@ async fn logs_carry_no_health_data_keys_or_payment_methods() {
             s.len()
         );
     }
-    let _ = std::fs::remove_file(&log_path);
+    if artifacts_dir().is_none() {
+        let _ = std::fs::remove_file(&log_path);
+    }
     db.pool.close().await;
     cleanup.run().await;
 }

@@ -105,7 +105,7 @@ both_backends!(
         let vault = app.vault();
         let inv = app.open_invoice("usd", 10000).await;
         let (status, card) = vault
-            .tokenize(json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "123", "name": "Ada Lovelace"}))
+            .tokenize(json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "083", "name": "Ada Lovelace"}))
             .await;
         assert_eq!(status, 201, "{card}");
         let token = card["id"].as_str().unwrap().to_owned();
@@ -587,10 +587,10 @@ both_backends!(
         // payments made with either answer carry that one token.
         let vault = app.vault();
         let (s1, c1) = vault
-            .tokenize(json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "123"}))
+            .tokenize(json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "083"}))
             .await;
         let (s2, c2) = vault
-            .tokenize(json!({"number": VISA, "exp_month": 11, "exp_year": 2031, "cvc": "456", "name": "Ada"}))
+            .tokenize(json!({"number": VISA, "exp_month": 11, "exp_year": 2031, "cvc": "064", "name": "Ada"}))
             .await;
         assert_eq!((s1, s2), (201, 200), "{c1} {c2}");
         assert_eq!(c1["id"], c2["id"]);
@@ -665,6 +665,8 @@ mod resume_after_crash {
             .unwrap()
             .port();
         let pki = &app.vault().spec.pki;
+        // Debug level into the artifacts directory when one is kept.
+        let (log_level, log) = child_logging("warn");
         let child = Server(
             Command::new(env!("CARGO_BIN_EXE_carebill"))
                 .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
@@ -675,9 +677,9 @@ mod resume_after_crash {
                 .env("CAREBILL_VAULT_CA", &pki.ca_cert)
                 .env("CAREBILL_VAULT_CLIENT_CERT", &pki.billing_client_cert)
                 .env("CAREBILL_VAULT_CLIENT_KEY", &pki.billing_client_key)
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", log_level)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .unwrap(),
         );

@@ -233,7 +233,7 @@ pub async fn exports_agree_with_the_accounting_tools(app: &TestApp) -> Summary {
         "the trial balance differs from the export"
     );
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = temp_dir("carebill-export-");
     let bean = export(admin, "format=beancount").await;
     assert_eq!(bean.status, 200, "{}", bean.body);
     let bean_file = dir.path().join("ledger.beancount");

@@ -6,9 +6,14 @@
 //! starts a real card vault process, `tokenizer serve`, wired to billing over mutual TLS).
 //! PostgreSQL is found at `CAREBILL_TEST_PG_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`), a role allowed to create databases.
+//!
+//! With `CAREBILL_TEST_ARTIFACTS` naming a directory, everything the tests make is kept there
+//! for the card-data scan at the end of the suite (`.ci/run`); see [`artifacts_dir`].
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
 
 use carebill::auth::{create_api_key, Role};
 pub use carebill::client::{id_of, ApiClient};
@@ -17,6 +22,78 @@ use carebill::db::{Backend, Db};
 use carebill::server::Running;
 pub use serde_json::{json, Value};
 
+/// Where a CI run keeps every database, dump and log the tests make, so that a card-number scan
+/// can go over all of them once the whole suite has run (`.ci/run`): the directory
+/// `CAREBILL_TEST_ARTIFACTS` names. Unset, the tests remove what they made, as always.
+///
+/// What billing's tests leave there (the vault's own tests add `vault-*/`, `cb_test_vault_*.sql`
+/// and `<test binary>-<pid>.log`):
+/// - `carebill-db-*/carebill.db`: each SQLite billing database;
+/// - `cb_test_*.sql`: each PostgreSQL billing database, `pg_dump --data-only`'d before it is
+///   dropped;
+/// - `carebill-vault-*/`: each vault process a test ran (`tokenizer serve`): its database
+///   `vault/tokenizer.db`, its log `vault/tokenizer.log` (JSON, debug level), certificates and
+///   KEK components;
+/// - `carebill-silent-vault-*/`: the certificates of each [`SilentVault`];
+/// - `carebill-tests-<test binary>-<pid>.log`: the in-process servers' (and the tests') logs,
+///   JSON, debug level;
+/// - `carebill-serve-*.log`: the logs of `carebill serve` child processes, JSON, debug level.
+pub fn artifacts_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os("CAREBILL_TEST_ARTIFACTS")?);
+    std::fs::create_dir_all(&dir).expect("create the CAREBILL_TEST_ARTIFACTS directory");
+    Some(dir)
+}
+
+/// With artifacts kept, the logs of this test binary (the servers [`TestApp`] runs in-process
+/// install no subscriber of their own) go to a file there: debug level, JSON. Once per binary.
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Some(dir) = artifacts_dir() {
+            let exe = std::env::current_exe().unwrap();
+            let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+            let path = dir.join(format!("carebill-tests-{name}-{}.log", std::process::id()));
+            let file = std::fs::File::create(&path).unwrap();
+            let _ = tracing_subscriber::fmt()
+                .json()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_writer(std::sync::Mutex::new(file))
+                .try_init();
+        }
+    });
+}
+
+/// A temporary directory named `prefix…`: inside the artifacts directory, and kept, when there
+/// is one; otherwise a usual one, removed when dropped.
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    match artifacts_dir() {
+        Some(dir) => tempfile::Builder::new()
+            .prefix(prefix)
+            .disable_cleanup(true)
+            .tempdir_in(dir)
+            .expect("tempdir in the artifacts directory"),
+        None => tempfile::tempdir().expect("tempdir"),
+    }
+}
+
+/// `RUST_LOG` and stderr for a `carebill` child process: as the test asks (`level`, output
+/// discarded) normally; with artifacts, debug level into a new `carebill-serve-*.log` there.
+pub fn child_logging(level: &str) -> (String, Stdio) {
+    match artifacts_dir() {
+        Some(dir) => {
+            let (file, _path) = tempfile::Builder::new()
+                .prefix("carebill-serve-")
+                .suffix(".log")
+                .tempfile_in(dir)
+                .expect("log file in the artifacts directory")
+                .keep()
+                .expect("keep the log file");
+            ("debug".to_owned(), Stdio::from(file))
+        }
+        None => (level.to_owned(), Stdio::null()),
+    }
+}
+
 pub fn pg_admin_url() -> String {
     std::env::var("CAREBILL_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
@@ -24,9 +101,10 @@ pub fn pg_admin_url() -> String {
 
 /// A fresh database URL for `backend` and what to remove afterwards.
 pub async fn fresh_database(backend: Backend) -> (String, Cleanup) {
+    init_logging();
     match backend {
         Backend::Sqlite => {
-            let dir = tempfile::tempdir().expect("tempdir");
+            let dir = temp_dir("carebill-db-");
             let url = format!("sqlite://{}/carebill.db", dir.path().display());
             (url, Cleanup::Dir(dir))
         }
@@ -58,13 +136,37 @@ pub enum Cleanup {
 }
 
 impl Cleanup {
+    /// Removes the database (a SQLite directory in the artifacts directory is kept); with
+    /// artifacts, a PostgreSQL database is dumped there (data only) first.
     pub async fn run(self) {
         if let Cleanup::PgDatabase(name) = self {
+            let dumped = match artifacts_dir() {
+                Some(dir) => {
+                    let base = pg_admin_url()
+                        .rsplit_once('/')
+                        .map(|(b, _)| b.to_owned())
+                        .unwrap();
+                    let status = tokio::process::Command::new("pg_dump")
+                        .arg("--data-only")
+                        .arg("--file")
+                        .arg(dir.join(format!("{name}.sql")))
+                        .arg(format!("{base}/{name}"))
+                        .stdin(Stdio::null())
+                        .status()
+                        .await;
+                    Some(status)
+                }
+                None => None,
+            };
             if let Ok(admin) = Db::connect(&pg_admin_url()).await {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .execute(&admin.pool)
                     .await;
                 admin.pool.close().await;
+            }
+            if let Some(status) = dumped {
+                let ok = status.as_ref().is_ok_and(|s| s.success());
+                assert!(ok, "pg_dump {name} for the artifacts: {status:?}");
             }
         }
     }
@@ -278,7 +380,8 @@ pub struct TestVault {
 
 impl TestVault {
     pub async fn start() -> TestVault {
-        let dir = tempfile::tempdir().expect("tempdir");
+        init_logging();
+        let dir = temp_dir("carebill-vault-");
         let binary = carebill::demo::tokenizer_binary().expect(
             "the tokenizer binary (run `cargo build -p tokenizer` or `cargo build` at the root)",
         );
@@ -297,10 +400,16 @@ impl TestVault {
             internal_addr: "127.0.0.1:0".to_owned(),
             cors_origins: Vec::new(),
             log: dir.path().join("vault/tokenizer.log"),
-            extra_env: vec![
-                ("TOKENIZER_RATE_PER_ADDRESS".to_owned(), "10000".to_owned()),
-                ("TOKENIZER_RATE_GLOBAL".to_owned(), "100000".to_owned()),
-            ],
+            extra_env: {
+                let mut env = vec![
+                    ("TOKENIZER_RATE_PER_ADDRESS".to_owned(), "10000".to_owned()),
+                    ("TOKENIZER_RATE_GLOBAL".to_owned(), "100000".to_owned()),
+                ];
+                if artifacts_dir().is_some() {
+                    env.push(("TOKENIZER_LOG".to_owned(), "debug".to_owned()));
+                }
+                env
+            },
         };
         let child = carebill::demo::VaultChild::start(&spec)
             .await
@@ -347,10 +456,11 @@ impl TestVault {
 
     /// Tokenizes a valid test card (expiring 12/2030) and returns its token.
     pub async fn token_for(&self, number: &str) -> String {
+        // Codes no database or log holds by chance (`.ci/run` scans for every code the tests use).
         let cvc = if number.starts_with("37") {
-            "1234"
+            "0962"
         } else {
-            "123"
+            "083"
         };
         let (status, body) = self
             .tokenize(json!({"number": number, "exp_month": 12, "exp_year": 2030, "cvc": cvc}))
@@ -426,7 +536,8 @@ pub struct SilentVault {
 
 impl SilentVault {
     pub async fn start() -> SilentVault {
-        let dir = tempfile::tempdir().expect("tempdir");
+        init_logging();
+        let dir = temp_dir("carebill-silent-vault-");
         let pki = devcerts::ensure_dev_pki(&dir.path().join("certs")).expect("dev PKI");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

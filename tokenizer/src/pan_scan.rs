@@ -18,6 +18,8 @@ pub struct Finding {
     pub offset: usize,
     pub last4: String,
     pub digits: usize,
+    /// A security code the caller asked about, rather than a card number.
+    pub security_code: bool,
 }
 
 fn is_word(b: u8) -> bool {
@@ -73,6 +75,7 @@ pub fn find_pans(bytes: &[u8]) -> Vec<Finding> {
                 offset: i,
                 last4,
                 digits: digits.len(),
+                security_code: false,
             });
         }
         i = j.max(i + 1);
@@ -100,8 +103,9 @@ pub fn scan_paths(paths: &[PathBuf], codes: &[String]) -> anyhow::Result<Vec<(Pa
                         path.clone(),
                         Finding {
                             offset,
-                            last4: "(a security code the tests used)".to_owned(),
+                            last4: String::new(),
                             digits: code.len(),
+                            security_code: true,
                         },
                     ));
                 }
@@ -125,7 +129,9 @@ pub fn contains_word(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Where `code` (a security code) occurs as a whole word that is not a JSON or `key:` number
-/// (`"ms":317` is a latency; `cvc=317`, `"317"` or `Cvc("317")` would be a leak).
+/// (`"ms":317` is a latency; `cvc=317`, `"317"` or `Cvc("317")` would be a leak), nor one of
+/// the four-character groups of a UUID (`6b30ceae-0643-447d-94e5-…`: one UUID in 65 536 has
+/// any given four-digit code there, and the tests' databases hold a few thousand UUIDs).
 pub fn find_code(haystack: &[u8], code: &[u8]) -> Option<usize> {
     if code.is_empty() {
         return None;
@@ -139,11 +145,46 @@ pub fn find_code(haystack: &[u8], code: &[u8]) -> Option<usize> {
             *w == code
                 && !before.is_some_and(|b| is_word(b) || b == b':' || b == b'.')
                 && !after.is_some_and(|b| is_word(b) || b == b'.')
+                && !uuid_group(haystack, *i, code.len())
         })
         .map(|(i, _)| i)
 }
 
+/// Whether `haystack[at..at + len]` is the second, third or fourth group of a UUID written
+/// the usual way (8-4-4-4-12 hex digits; in a database file the text next to it may be another
+/// value's).
+fn uuid_group(haystack: &[u8], at: usize, len: usize) -> bool {
+    const UUID_LEN: usize = 36;
+    const HYPHENS: [usize; 4] = [8, 13, 18, 23];
+    if len != 4 {
+        return false;
+    }
+    HYPHENS[..3].iter().any(|&hyphen| {
+        let Some(start) = at.checked_sub(hyphen + 1) else {
+            return false;
+        };
+        let Some(text) = haystack.get(start..start + UUID_LEN) else {
+            return false;
+        };
+        text.iter().enumerate().all(|(k, b)| {
+            if HYPHENS.contains(&k) {
+                *b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
+    })
+}
+
 pub fn display(path: &Path, f: &Finding) -> String {
+    if f.security_code {
+        return format!(
+            "{}: offset {}: a {}-digit security code this run used",
+            path.display(),
+            f.offset,
+            f.digits
+        );
+    }
     format!(
         "{}: offset {}: a {}-digit Luhn-valid number ending {}",
         path.display(),
@@ -196,5 +237,19 @@ mod tests {
         assert!(find_code(br#"{"ms":987,"status":200}"#, b"987").is_none());
         assert!(find_code(b"cvc 987 given", b"987").is_some());
         assert!(find_code(b"amount 1.987", b"987").is_none());
+        // A group of a UUID is not a security code; the same digits elsewhere are.
+        for uuid in [
+            "6b30ceae-0962-447d-94e5-7c1f2a3b4d5e",
+            "6b30ceae-4a7d-0962-94e5-7c1f2a3b4d5e",
+            "6b30ceae-4a7d-447d-0962-7c1f2a3b4d5e",
+        ] {
+            assert!(find_code(uuid.as_bytes(), b"0962").is_none(), "{uuid}");
+            let key = format!("\"idempotency_key\":\"{uuid}\"");
+            assert!(find_code(key.as_bytes(), b"0962").is_none(), "{key}");
+        }
+        assert!(find_code(b"key_6b30ceae-0962-447d-94e5-7c1f2a3b4d5e", b"0962").is_none());
+        assert!(find_code(b"6b30ceae-0962-447d-94e5", b"0962").is_some());
+        assert!(find_code(b"exp 12/30-0962-cvc", b"0962").is_some());
+        assert!(find_code(b"cvc 0962", b"0962").is_some());
     }
 }

@@ -86,14 +86,14 @@ async fn the_n_plus_first_attempt_from_one_address_is_refused() {
     for i in 0..5 {
         let number = if i % 2 == 0 { VISA } else { "4242424242424241" };
         let (status, body) = vault
-            .tokenize(json!({"number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"}))
+            .tokenize(json!({"number": number, "exp_month": 12, "exp_year": 2030, "cvc": "083"}))
             .await;
         assert_ne!(status, 429, "attempt {i}: {body}");
     }
     let response = vault
         .browser
         .post(vault.collect_url("/v1/cards"))
-        .json(&json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "123"}))
+        .json(&json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "083"}))
         .send()
         .await
         .unwrap();
@@ -130,7 +130,7 @@ async fn the_global_limit_caps_all_addresses_together() {
     for _ in 0..4 {
         statuses.push(
             vault
-                .tokenize(json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "123"}))
+                .tokenize(json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "083"}))
                 .await
                 .0,
         );
@@ -166,12 +166,12 @@ async fn cors_admits_only_the_portal() {
         .is_none());
     // Every answer forbids caching and insists on HTTPS.
     let (_, _) = vault
-        .tokenize(json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "123"}))
+        .tokenize(json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "083"}))
         .await;
     let response = vault
         .browser
         .post(vault.collect_url("/v1/cards"))
-        .json(&json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "123"}))
+        .json(&json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "083"}))
         .send()
         .await
         .unwrap();

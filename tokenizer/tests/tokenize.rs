@@ -15,7 +15,7 @@ vault_test!(
         // Goal: the same number (typed differently) gives the same token; another number, another
         // token and another ciphertext; the token reveals nothing of the number.
         let (status, first) = vault
-        .tokenize(json!({"number": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2030, "cvc": "123", "name": "Jane Doe"}))
+        .tokenize(json!({"number": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2030, "cvc": "083", "name": "Jane Doe"}))
         .await;
         assert_eq!(status, 201, "{first}");
         assert_eq!(first["brand"], "visa");
@@ -27,7 +27,7 @@ vault_test!(
         assert!(!token.contains("4242") && !token.contains("424242"));
 
         let (status, again) = vault
-        .tokenize(json!({"number": "4242-4242-4242-4242", "exp_month": 1, "exp_year": 2031, "cvc": "321"}))
+        .tokenize(json!({"number": "4242-4242-4242-4242", "exp_month": 1, "exp_year": 2031, "cvc": "029"}))
         .await;
         assert_eq!(status, 200, "{again}");
         assert_eq!(again["id"], first["id"]);
@@ -37,7 +37,7 @@ vault_test!(
 
         let (status, other) = vault
             .tokenize(
-                json!({"number": MASTERCARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"}),
+                json!({"number": MASTERCARD, "exp_month": 12, "exp_year": 2030, "cvc": "083"}),
             )
             .await;
         assert_eq!(status, 201);
@@ -146,7 +146,7 @@ vault_test!(
             .internal(Method::POST, &format!("/v1/cards/{token}/charge-method"))
             .await;
         vault
-        .tokenize(json!({"number": "4242424242424241", "exp_month": 12, "exp_year": 2030, "cvc": "123"}))
+        .tokenize(json!({"number": "4242424242424241", "exp_month": 12, "exp_year": 2030, "cvc": "083"}))
         .await;
         let rows: Vec<AuditRow> = sqlx::query_as(
             "SELECT actor, action, token, outcome, request_id FROM audit_log ORDER BY seq",
@@ -191,42 +191,42 @@ vault_test!(
     |vault: Vault| async move {
         let cases = [
             (
-                json!({"number": "4242424242424241", "exp_month": 12, "exp_year": 2030, "cvc": "123"}),
+                json!({"number": "4242424242424241", "exp_month": 12, "exp_year": 2030, "cvc": "083"}),
                 400,
                 "number",
             ),
             (
-                json!({"number": "4242 4242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}),
+                json!({"number": "4242 4242", "exp_month": 12, "exp_year": 2030, "cvc": "083"}),
                 400,
                 "number",
             ),
             (
-                json!({"number": "4242abcd42424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"}),
+                json!({"number": "4242abcd42424242", "exp_month": 12, "exp_year": 2030, "cvc": "083"}),
                 400,
                 "number",
             ),
             (
-                json!({"number": VISA, "exp_month": 13, "exp_year": 2030, "cvc": "123"}),
+                json!({"number": VISA, "exp_month": 13, "exp_year": 2030, "cvc": "083"}),
                 400,
                 "exp_month",
             ),
             (
-                json!({"number": VISA, "exp_month": 1, "exp_year": 2021, "cvc": "123"}),
+                json!({"number": VISA, "exp_month": 1, "exp_year": 2021, "cvc": "083"}),
                 400,
                 "exp_year",
             ),
             (
-                json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "12345"}),
+                json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "07315"}),
                 400,
                 "cvc",
             ),
             (
-                json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "123", "ssn": "1"}),
+                json!({"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "083", "ssn": "1"}),
                 400,
                 "ssn",
             ),
             (
-                json!({"exp_month": 12, "exp_year": 2030, "cvc": "123"}),
+                json!({"exp_month": 12, "exp_year": 2030, "cvc": "083"}),
                 400,
                 "number",
             ),

@@ -211,10 +211,11 @@ impl Vault {
 
     /// Tokenizes a valid card and returns its token.
     pub async fn token_for(&self, number: &str) -> String {
+        // Codes no database or log holds by chance (`.ci/run` scans for every code the tests use).
         let cvc = if number.starts_with("37") {
-            "1234"
+            "0962"
         } else {
-            "123"
+            "083"
         };
         let (status, body) = self
             .tokenize(json!({"number": number, "exp_month": 12, "exp_year": 2030, "cvc": cvc}))
