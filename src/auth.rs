@@ -117,6 +117,12 @@ impl Principal {
     pub fn idempotency_scope(&self) -> &str {
         self.key_id.as_str()
     }
+
+    /// Who is acting, as the audit trail and dual control name them (an API key id today; a
+    /// user id for signed-in staff).
+    pub fn actor_id(&self) -> &str {
+        self.key_id.as_str()
+    }
 }
 
 pub fn authorize(principal: &Principal, action: Action) -> Result<(), ApiError> {

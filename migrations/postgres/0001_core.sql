@@ -19,7 +19,8 @@ CREATE TABLE api_keys (
     seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id              TEXT NOT NULL UNIQUE,
     secret_sha256   TEXT NOT NULL UNIQUE,
-    role            TEXT NOT NULL CHECK (role IN ('admin', 'billing_clerk', 'billing_manager', 'accountant')),
+    -- A key acts with a staff role (service accounts) or with scopes (accounting systems).
+    role            TEXT CHECK (role IN ('front_desk', 'billing_clerk', 'billing_manager', 'accountant', 'auditor', 'admin')),
     created_at_us   BIGINT NOT NULL,
     last_used_at_us BIGINT,
     revoked_at_us   BIGINT

@@ -1,0 +1,100 @@
+-- Identity and access: staff and patient users, MFA, sessions, scoped API keys, and the
+-- security event log. Passwords are argon2id PHC strings; session tokens, recovery codes and
+-- API keys are stored as SHA-256 (they are high-entropy random values, so a slow hash adds
+-- nothing). The TOTP seed is the one secret stored as such; the data-protection issue wraps it.
+
+CREATE TABLE facilities (
+    id            TEXT PRIMARY KEY CHECK (id LIKE 'fac\_%'),
+    name          TEXT NOT NULL,
+    created_at_us BIGINT NOT NULL
+);
+
+-- A patient may belong to a facility; staff tied to a facility see only its patients.
+ALTER TABLE patients ADD COLUMN facility_id TEXT REFERENCES facilities (id);
+
+CREATE TABLE users (
+    seq                     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                      TEXT NOT NULL UNIQUE CHECK (id LIKE 'usr\_%'),
+    kind                    TEXT NOT NULL CHECK (kind IN ('staff', 'patient')),
+    -- Lowercased; at most 254 characters (RFC 5321).
+    email                   TEXT NOT NULL UNIQUE CHECK (length(email) BETWEEN 3 AND 254),
+    password_hash           TEXT CHECK (password_hash IS NULL OR password_hash LIKE '$argon2id$%'),
+    role                    TEXT NOT NULL CHECK (role IN ('patient', 'front_desk', 'billing_clerk', 'billing_manager', 'accountant', 'auditor', 'admin')),
+    patient_id              TEXT REFERENCES patients (id),
+    facility_id             TEXT REFERENCES facilities (id),
+    -- Federation (OpenID Connect): the identity provider's issuer and subject, when linked.
+    external_issuer         TEXT,
+    external_subject        TEXT,
+    totp_secret             TEXT,
+    mfa_enrolled_at_us      BIGINT,
+    status                  TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
+    password_reset_required BIGINT NOT NULL DEFAULT 0 CHECK (password_reset_required IN (0, 1)),
+    failed_signins          BIGINT NOT NULL DEFAULT 0 CHECK (failed_signins >= 0),
+    locked_until_us         BIGINT,
+    created_at_us           BIGINT NOT NULL,
+    updated_at_us           BIGINT NOT NULL,
+    CHECK ((kind = 'patient') = (role = 'patient')),
+    CHECK ((kind = 'patient') = (patient_id IS NOT NULL)),
+    CHECK ((external_issuer IS NULL) = (external_subject IS NULL)),
+    CHECK ((mfa_enrolled_at_us IS NULL) OR (totp_secret IS NOT NULL)),
+    UNIQUE (external_issuer, external_subject)
+);
+
+CREATE TABLE recovery_codes (
+    user_id     TEXT NOT NULL REFERENCES users (id),
+    code_sha256 TEXT NOT NULL CHECK (length(code_sha256) = 64),
+    created_at_us BIGINT NOT NULL,
+    used_at_us  BIGINT,
+    PRIMARY KEY (user_id, code_sha256)
+);
+
+CREATE TABLE sessions (
+    id               TEXT PRIMARY KEY CHECK (id LIKE 'ses\_%'),
+    token_sha256     TEXT NOT NULL UNIQUE CHECK (length(token_sha256) = 64),
+    user_id          TEXT REFERENCES users (id),
+    -- Guest pay: a session for one patient's bill, opened with its access code and date of birth.
+    guest_patient_id TEXT REFERENCES patients (id),
+    kind             TEXT NOT NULL CHECK (kind IN ('cookie', 'bearer')),
+    -- mfa_pending: password checked, TOTP not yet; mfa_enrollment: must enrol first; active.
+    stage            TEXT NOT NULL CHECK (stage IN ('mfa_pending', 'mfa_enrollment', 'active')),
+    csrf_sha256      TEXT CHECK (csrf_sha256 IS NULL OR length(csrf_sha256) = 64),
+    ip               TEXT,
+    created_at_us    BIGINT NOT NULL,
+    last_seen_at_us  BIGINT NOT NULL,
+    idle_timeout_us  BIGINT NOT NULL CHECK (idle_timeout_us > 0),
+    expires_at_us    BIGINT NOT NULL,
+    revoked_at_us    BIGINT,
+    CHECK ((user_id IS NULL) <> (guest_patient_id IS NULL)),
+    CHECK (kind = 'cookie' OR csrf_sha256 IS NULL)
+);
+CREATE INDEX sessions_user ON sessions (user_id) WHERE revoked_at_us IS NULL;
+
+-- Scoped API keys for accounting systems: space-separated scopes, an optional expiry, a name
+-- and the key it replaced (rotation).
+ALTER TABLE api_keys ADD COLUMN name TEXT;
+ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN expires_at_us BIGINT;
+ALTER TABLE api_keys ADD COLUMN rotated_from TEXT;
+ALTER TABLE api_keys ADD COLUMN created_by TEXT;
+
+-- Security events: sign-ins (and failures), MFA events, permission denials, role and key
+-- changes. Append-only; never a password, code or token.
+CREATE TABLE security_events (
+    seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at_us      BIGINT NOT NULL,
+    kind       TEXT NOT NULL,
+    actor      TEXT,
+    subject    TEXT,
+    ip         TEXT,
+    detail     TEXT,
+    request_id TEXT
+);
+CREATE INDEX security_events_kind ON security_events (kind, seq);
+CREATE FUNCTION security_events_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'security_events is append-only';
+END $$;
+CREATE TRIGGER security_events_append_only BEFORE UPDATE OR DELETE ON security_events
+    FOR EACH ROW EXECUTE FUNCTION security_events_append_only();
+CREATE TRIGGER security_events_no_truncate BEFORE TRUNCATE ON security_events
+    FOR EACH STATEMENT EXECUTE FUNCTION security_events_append_only();
