@@ -136,7 +136,7 @@ pub async fn bench_payments(
         ..Config::default()
     };
     let state = crate::server::prepare(config).await?;
-    let key = create_api_key(&state.db, Role::Admin).await?;
+    let key = create_api_key(&state.db, Role::BillingManager).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let running = crate::server::spawn(state.clone(), listener)?;
     let client = ApiClient::new(format!("http://{}", running.addr), &key.secret);

@@ -13,13 +13,29 @@
 //! | `vault_client_cert` | `CAREBILL_VAULT_CLIENT_CERT` | billing's client certificate (PEM) |
 //! | `vault_client_key` | `CAREBILL_VAULT_CLIENT_KEY` | its private key (PEM) |
 //! | `vault_timeout_ms` | `CAREBILL_VAULT_TIMEOUT_MS` | 5000 |
+//! | `dual_control_threshold` | `CAREBILL_DUAL_CONTROL_THRESHOLD` | `"500.00"` |
+//! | `session_idle_timeout_seconds` | `CAREBILL_SESSION_IDLE_TIMEOUT_SECONDS` | 900 |
+//! | `session_lifetime_seconds` | `CAREBILL_SESSION_LIFETIME_SECONDS` | 43200 |
+//! | `signin_window_seconds` | `CAREBILL_SIGNIN_WINDOW_SECONDS` | 900 |
+//! | `signin_failures_per_account` | `CAREBILL_SIGNIN_FAILURES_PER_ACCOUNT` | 5 |
+//! | `signin_failures_per_address` | `CAREBILL_SIGNIN_FAILURES_PER_ADDRESS` | 20 |
+//!
+//! `dual_control_threshold` is an amount in *major* units of the refund's or write-off's own
+//! currency (a decimal string such as `"500.00"`, or an integer). A refund or write-off above it
+//! waits for a second `billing_manager` (see `refunds.rs`). The amount is compared exactly, as a
+//! decimal (`Money::to_decimal`), so the same threshold means 500.00 USD (50000 cents),
+//! 500 JPY (500 minor units) and 500.000 KWD (500000 fils): there is no exchange-rate
+//! conversion between currencies, one number applies in each.
 //!
 //! The vault is the card vault's internal (mutual-TLS) listener, e.g. `https://127.0.0.1:8445`;
 //! with `vault_url` set, the CA, client certificate and key are required.
 
 use std::path::{Path, PathBuf};
 
+use rust_decimal::Decimal;
 use serde::Deserialize;
+
+use crate::money::Money;
 
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,6 +59,48 @@ pub struct Config {
     pub vault_client_key: Option<PathBuf>,
     /// Whole-call timeout of one vault request (connect, TLS handshake, answer).
     pub vault_timeout_ms: u64,
+    /// Refunds and write-offs above this amount (major units of their own currency) need a
+    /// second billing manager's approval. Exact decimal; in a TOML file a string (`"500.00"`)
+    /// or an integer, never a float.
+    #[serde(deserialize_with = "decimal_setting")]
+    pub dual_control_threshold: Decimal,
+    /// A session unused this long is signed out (NIST SP 800-63B AAL2: 30 minutes at most).
+    pub session_idle_timeout_seconds: u64,
+    /// A session ends this long after sign-in, however active.
+    pub session_lifetime_seconds: u64,
+    /// Failed sign-ins counted over this window…
+    pub signin_window_seconds: u64,
+    /// …at most this many per account…
+    pub signin_failures_per_account: usize,
+    /// …and this many per client address, before 429.
+    pub signin_failures_per_address: usize,
+}
+
+/// Deserializes a decimal setting from a string (`"500.00"`) or an integer (`500`); a TOML
+/// float is refused (it would not be exact).
+fn decimal_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Integer(i64),
+        Text(String),
+    }
+    match Raw::deserialize(d) {
+        Ok(Raw::Integer(i)) => Ok(Decimal::from(i)),
+        Ok(Raw::Text(s)) => parse_decimal_setting(&s).map_err(serde::de::Error::custom),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a decimal string such as \"500.00\" or an integer",
+        )),
+    }
+}
+
+fn parse_decimal_setting(s: &str) -> anyhow::Result<Decimal> {
+    let t = s.trim();
+    anyhow::ensure!(
+        !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.'),
+        "expected a non-negative decimal such as \"500.00\", got {s:?}"
+    );
+    Decimal::from_str_exact(t).map_err(|e| anyhow::anyhow!("not a decimal ({s:?}): {e}"))
 }
 
 impl Default for Config {
@@ -58,6 +116,12 @@ impl Default for Config {
             vault_client_cert: None,
             vault_client_key: None,
             vault_timeout_ms: 5_000,
+            dual_control_threshold: Decimal::new(50_000, 2), // 500.00
+            session_idle_timeout_seconds: 900,
+            session_lifetime_seconds: 43_200,
+            signin_window_seconds: 900,
+            signin_failures_per_account: 5,
+            signin_failures_per_address: 20,
         }
     }
 }
@@ -77,6 +141,24 @@ impl std::fmt::Debug for Config {
             .field("vault_client_cert", &self.vault_client_cert)
             .field("vault_client_key", &self.vault_client_key)
             .field("vault_timeout_ms", &self.vault_timeout_ms)
+            .field(
+                "dual_control_threshold",
+                &self.dual_control_threshold.to_string(),
+            )
+            .field(
+                "session_idle_timeout_seconds",
+                &self.session_idle_timeout_seconds,
+            )
+            .field("session_lifetime_seconds", &self.session_lifetime_seconds)
+            .field("signin_window_seconds", &self.signin_window_seconds)
+            .field(
+                "signin_failures_per_account",
+                &self.signin_failures_per_account,
+            )
+            .field(
+                "signin_failures_per_address",
+                &self.signin_failures_per_address,
+            )
             .finish()
     }
 }
@@ -138,7 +220,53 @@ impl Config {
                 .parse()
                 .map_err(|_| anyhow::anyhow!("CAREBILL_VAULT_TIMEOUT_MS must be an integer"))?;
         }
+        for (name, slot) in [
+            (
+                "CAREBILL_SESSION_IDLE_TIMEOUT_SECONDS",
+                &mut self.session_idle_timeout_seconds,
+            ),
+            (
+                "CAREBILL_SESSION_LIFETIME_SECONDS",
+                &mut self.session_lifetime_seconds,
+            ),
+            (
+                "CAREBILL_SIGNIN_WINDOW_SECONDS",
+                &mut self.signin_window_seconds,
+            ),
+        ] {
+            if let Some(v) = nonempty(name) {
+                *slot = v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{name} must be a whole number of seconds"))?;
+            }
+        }
+        for (name, slot) in [
+            (
+                "CAREBILL_SIGNIN_FAILURES_PER_ACCOUNT",
+                &mut self.signin_failures_per_account,
+            ),
+            (
+                "CAREBILL_SIGNIN_FAILURES_PER_ADDRESS",
+                &mut self.signin_failures_per_address,
+            ),
+        ] {
+            if let Some(v) = nonempty(name) {
+                *slot = v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{name} must be a whole number"))?;
+            }
+        }
+        if let Some(v) = nonempty("CAREBILL_DUAL_CONTROL_THRESHOLD") {
+            self.dual_control_threshold = parse_decimal_setting(&v)
+                .map_err(|e| anyhow::anyhow!("CAREBILL_DUAL_CONTROL_THRESHOLD: {e}"))?;
+        }
         Ok(())
+    }
+
+    /// Whether `amount` (a refund or a write-off) is above the dual-control threshold, compared
+    /// exactly in the amount's own major units.
+    pub fn needs_second_approver(&self, amount: Money) -> bool {
+        amount.to_decimal() > self.dual_control_threshold
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -153,6 +281,10 @@ impl Config {
         anyhow::ensure!(
             self.request_timeout_ms >= 100,
             "request_timeout_ms must be at least 100"
+        );
+        anyhow::ensure!(
+            !self.dual_control_threshold.is_sign_negative(),
+            "dual_control_threshold must not be negative"
         );
         crate::db::Backend::from_url(&self.database_url)?;
         self.validate_vault()
@@ -228,5 +360,34 @@ mod tests {
         c.vault_url = Some("http://127.0.0.1:8445".to_owned());
         assert!(c.validate().is_err(), "plain http is refused");
         assert!(Config::default().validate().is_ok(), "no vault is fine");
+    }
+
+    #[test]
+    fn dual_control_threshold_in_major_units_of_each_currency() {
+        use crate::money::Currency;
+        let c = Config::default();
+        assert_eq!(c.dual_control_threshold.to_string(), "500.00");
+        // 500.00 exactly is not above the threshold; one minor unit more is.
+        assert!(!c.needs_second_approver(Money::new(50_000, Currency::Usd)));
+        assert!(c.needs_second_approver(Money::new(50_001, Currency::Usd)));
+        assert!(!c.needs_second_approver(Money::new(500, Currency::Jpy)));
+        assert!(c.needs_second_approver(Money::new(501, Currency::Jpy)));
+        assert!(!c.needs_second_approver(Money::new(500_000, Currency::Kwd)));
+        assert!(c.needs_second_approver(Money::new(500_001, Currency::Kwd)));
+
+        let mut c: Config = toml::from_str("dual_control_threshold = \"1250.5\"").unwrap();
+        assert!(!c.needs_second_approver(Money::new(125_050, Currency::Eur)));
+        assert!(c.needs_second_approver(Money::new(125_051, Currency::Eur)));
+        let from_int: Config = toml::from_str("dual_control_threshold = 100").unwrap();
+        assert!(from_int.needs_second_approver(Money::new(10_001, Currency::Gbp)));
+        assert!(toml::from_str::<Config>("dual_control_threshold = 100.5").is_err());
+        assert!(toml::from_str::<Config>("dual_control_threshold = \"-1\"").is_err());
+        assert!(toml::from_str::<Config>("dual_control_threshold = \"1e3\"").is_err());
+        c.apply_env(|n| (n == "CAREBILL_DUAL_CONTROL_THRESHOLD").then(|| "0".to_owned()))
+            .unwrap();
+        assert!(c.needs_second_approver(Money::new(1, Currency::Jpy)));
+        assert!(c
+            .apply_env(|n| (n == "CAREBILL_DUAL_CONTROL_THRESHOLD").then(|| "lots".to_owned()))
+            .is_err());
     }
 }

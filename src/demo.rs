@@ -3,7 +3,7 @@
 //! Issues the development certificates (`var/certs/`), creates the card vault's keys on first
 //! run (`var/vault/keys/`), starts the vault (`tokenizer serve`, its own SQLite file
 //! `var/vault/tokenizer.db`, its log `var/vault/tokenizer.log`) as a child process, creates the
-//! billing database (SQLite under `./var/` by default), migrates, makes an admin API key, starts
+//! billing database (SQLite under `./var/` by default), migrates, makes a billing-manager API key, starts
 //! the server wired to the vault over mutual TLS, seeds a small demo *through the API itself*
 //! (so the demo data went through every check real data does; one payment is made with a card
 //! tokenized by the vault), prints what to try, and serves until Ctrl-C. The vault is stopped
@@ -408,7 +408,7 @@ async fn serve_with_vault(
     vault: &mut VaultChild,
 ) -> anyhow::Result<()> {
     let state = crate::server::prepare(config).await?;
-    let key = create_api_key(&state.db, Role::Admin).await?;
+    let key = create_api_key(&state.db, Role::BillingManager).await?;
     let mut running = crate::server::spawn(state.clone(), listener)?;
     let base = format!("http://{}", running.addr);
     let client = ApiClient::new(&base, &key.secret);
@@ -437,7 +437,7 @@ async fn serve_with_vault(
         "carebill is up at {base} ({} database)",
         state.db.backend.name()
     );
-    println!("API key (role admin):");
+    println!("API key (a billing_manager service key: billing, refunds, ledger, exports):");
     println!("  export CAREBILL_KEY={}", key.secret);
     println!("Card vault: the card form posts to {collect}/v1/cards");
     println!(

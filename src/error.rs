@@ -112,6 +112,18 @@ impl ApiError {
         }
     }
 
+    /// 429 with `Retry-After: secs` (header and body).
+    pub fn rate_limited(secs: u64) -> Self {
+        ApiError::Client {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            kind: ErrorType::RateLimitError,
+            code: "rate_limited",
+            message: "Too many attempts; try again later.".to_owned(),
+            param: None,
+            attach: Some(("retry_after", serde_json::json!(secs))),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Client { status, .. } => *status,
@@ -179,7 +191,22 @@ impl IntoResponse for ApiError {
                 tracing::info!(code, status = status.as_u16(), "client error")
             }
         }
-        (self.status(), axum::Json(self.body())).into_response()
+        let retry_after = match &self {
+            ApiError::Client {
+                attach: Some(("retry_after", v)),
+                ..
+            } => v.as_u64(),
+            _ => None,
+        };
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if let Some(secs) = retry_after {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        response
     }
 }
 

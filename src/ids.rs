@@ -123,6 +123,12 @@ prefixed_id!(/// A ledger account.
     AccountId, "acct_");
 prefixed_id!(/// An API key (its public id, not the secret).
     ApiKeyId, "key_");
+prefixed_id!(/// A user: staff or patient.
+    UserId, "usr_");
+prefixed_id!(/// A sign-in session (its public id, not the token).
+    SessionId, "ses_");
+prefixed_id!(/// A facility of the provider.
+    FacilityId, "fac_");
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -11,6 +11,18 @@
 //! against the receivable; void posts the reversal of each of those entries. The amounts on the
 //! invoice row are kept in the same transaction, and both the code and a database CHECK hold
 //! `amount_due = total - adjusted - paid + refunded`.
+//!
+//! Dual control: a write-off above the dual-control threshold (`Config::dual_control_threshold`,
+//! 500.00 in the invoice's currency by default) is recorded `pending_approval`: nothing is posted
+//! and the invoice's amounts do not move until a *different* person allowed to create refunds
+//! approves it (`POST /v1/invoices/{id}/adjustments/{adjustment}/approve`); the requester gets
+//! 403 `approval_requires_second_person`. It holds nothing on the invoice meanwhile (a payment
+//! may still come in): the approval checks again that the invoice is open and owes at least the
+//! amount, and refuses otherwise (the write-off then stays pending until rejected). Approval
+//! locks the invoice row and moves `pending_approval` → `posted` with a conditional update, so
+//! concurrent approvals post exactly one entry; the others answer with the posted adjustment.
+//! The row names `requested_by` and `approved_by` / `rejected_by`, and each step is logged with
+//! both names. A void rejects nothing by itself: it reverses only posted adjustments.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -49,6 +61,14 @@ pub fn router() -> Router<AppState> {
         .route(
             "/v1/invoices/{id}/adjustments",
             post(create_adjustment).get(list_adjustments),
+        )
+        .route(
+            "/v1/invoices/{id}/adjustments/{adjustment}/approve",
+            post(approve_adjustment),
+        )
+        .route(
+            "/v1/invoices/{id}/adjustments/{adjustment}/reject",
+            post(reject_adjustment),
         )
 }
 
@@ -725,7 +745,7 @@ pub async fn void_invoice(
                     if let Some(finalize_entry) = &invoice.finalize_entry {
                         let refs = References { patient: Some(invoice.patient.clone()), invoice: Some(id.clone()), ..Default::default() };
                         let adjustment_entries: Vec<(String, String)> =
-                            sqlx::query("SELECT id, journal_entry_id FROM adjustments WHERE invoice_id = $1 ORDER BY seq")
+                            sqlx::query("SELECT id, journal_entry_id FROM adjustments WHERE invoice_id = $1 AND status = 'posted' ORDER BY seq")
                                 .bind(id.as_str())
                                 .fetch_all(&mut **tx)
                                 .await?
@@ -799,11 +819,27 @@ pub struct Adjustment {
     pub amount: i64,
     pub currency: String,
     pub reason: String,
-    pub journal_entry: String,
+    /// posted (on the ledger and the invoice), pending_approval (a write-off above the
+    /// dual-control threshold, waiting for a second billing manager; nothing posted) or rejected.
+    pub status: String,
+    /// The entry that posted it; null until it is posted.
+    pub journal_entry: Option<String>,
+    /// Who asked for it (an API key id, or a user id for signed-in staff).
+    pub requested_by: String,
+    /// Why a second person must approve it (`amount_above_threshold`); empty: not needed.
+    pub approval_reasons: Vec<String>,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+    pub rejected_by: Option<String>,
+    pub rejected_at: Option<String>,
+    pub rejection_reason: Option<String>,
     pub created_at: String,
 }
 
 fn adjustment_from_row(r: &AnyRow) -> ApiResult<Adjustment> {
+    let opt_time = |col: &str| -> ApiResult<Option<String>> {
+        Ok(r.try_get::<Option<i64>, _>(col)?.map(us_to_rfc3339))
+    };
     Ok(Adjustment {
         id: r.try_get("id")?,
         object: "invoice_adjustment",
@@ -812,15 +848,96 @@ fn adjustment_from_row(r: &AnyRow) -> ApiResult<Adjustment> {
         amount: r.try_get("amount_minor")?,
         currency: r.try_get("currency")?,
         reason: r.try_get("reason")?,
+        status: r.try_get("status")?,
         journal_entry: r.try_get("journal_entry_id")?,
+        requested_by: r.try_get("requested_by")?,
+        approval_reasons: crate::refunds::reasons_list(r.try_get("approval_reasons")?),
+        approved_by: r.try_get("approved_by")?,
+        approved_at: opt_time("approved_at_us")?,
+        rejected_by: r.try_get("rejected_by")?,
+        rejected_at: opt_time("rejected_at_us")?,
+        rejection_reason: r.try_get("rejection_reason")?,
         created_at: us_to_rfc3339(r.try_get("created_at_us")?),
     })
 }
 
-/// Record an insurance adjustment, discount or write-off on an open invoice.
+const ADJUSTMENT_COLUMNS: &str = "seq, id, invoice_id, kind, amount_minor, currency, reason, status, journal_entry_id, \
+     requested_by, approval_reasons, approved_by, approved_at_us, rejected_by, rejected_at_us, rejection_reason, created_at_us";
+
+/// Answers with the adjustment as `tx` left it, saved under the key.
+async fn respond_adjustment(
+    tx: &mut Tx,
+    claim: &MaybeClaim,
+    id: &AdjustmentId,
+) -> ApiResult<(axum::http::StatusCode, serde_json::Value)> {
+    let row = sqlx::query(&format!(
+        "SELECT {ADJUSTMENT_COLUMNS} FROM adjustments WHERE id = $1"
+    ))
+    .bind(id.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    idempotency::respond_ok(tx, claim, &adjustment_from_row(&row)?).await
+}
+
+/// Checks that an open invoice owes at least `amount`.
+fn check_adjustable(invoice: &InvoiceRow, amount: Money) -> Result<(), ApiError> {
+    if !invoice.is_open() || invoice.due.is_zero() {
+        return Err(ApiError::refused(
+            "id",
+            "invoice_not_open",
+            "Adjustments apply only to an open invoice with an amount due.",
+        ));
+    }
+    if amount.amount_minor() > invoice.due.amount_minor() {
+        return Err(ApiError::refused(
+            "amount",
+            "amount_exceeds_amount_due",
+            "The adjustment is larger than the amount due.",
+        ));
+    }
+    Ok(())
+}
+
+/// Moves the invoice's amounts for an adjustment (its row already says `posted` with
+/// `entry`'s id) and returns the entry to post, last (the contra account is hot).
+async fn apply_adjustment(
+    tx: &mut Tx,
+    invoice: &mut InvoiceRow,
+    adjustment: &AdjustmentId,
+    kind: AdjustmentKind,
+    amount: Money,
+    entry: &EntryId,
+) -> ApiResult<NewEntry> {
+    let mut new_entry = NewEntry::new(
+        EntryKind::InvoiceAdjustment,
+        format!("Invoice {}: {}", invoice.id, kind.as_str()),
+        References {
+            patient: Some(invoice.patient.clone()),
+            invoice: Some(invoice.id.clone()),
+            adjustment: Some(adjustment.to_string()),
+            ..Default::default()
+        },
+    );
+    // The id the adjustment row already names.
+    new_entry.id = entry.clone();
+    let new_entry = new_entry
+        .debit(account_id(kind.account(), invoice.currency), amount)
+        .credit(
+            patient_account_id(Code::PatientReceivables, invoice.currency, &invoice.patient),
+            amount,
+        )?;
+    invoice.adjusted = invoice.adjusted.checked_add(amount)?;
+    invoice.save_amounts(tx).await?;
+    Ok(new_entry)
+}
+
+/// Record an insurance adjustment, discount or write-off on an open invoice. A write-off above
+/// the dual-control threshold is recorded `pending_approval` and posted only once a second
+/// billing manager approves it.
 #[utoipa::path(post, path = "/v1/invoices/{id}/adjustments", tag = "invoices", request_body = CreateAdjustment,
     params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, body = Adjustment), (status = 400, description = "Invalid or refused")),
+    responses((status = 200, body = Adjustment, description = "posted, or pending_approval (nothing posted yet)"),
+              (status = 400, description = "Invalid or refused")),
     security(("api_key" = [])))]
 pub async fn create_adjustment(
     State(state): State<AppState>,
@@ -840,37 +957,24 @@ pub async fn create_adjustment(
     let route = format!("POST /v1/invoices/{id}/adjustments");
     let st = state.clone();
     let kind = req.kind;
+    let requested_by = principal.actor_id().to_owned();
     Ok(idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
         let backend = st.db.backend;
         st.db
             .write(|tx| {
-                let (claim, id, reason) = (claim.clone(), id.clone(), reason.clone());
+                let (claim, id, reason, requested_by, config) =
+                    (claim.clone(), id.clone(), reason.clone(), requested_by.clone(), st.config.clone());
                 Box::pin(async move {
                     idempotency::claim(tx, &claim).await?;
                     let mut invoice = lock(tx, backend, &id, "id").await?;
-                    if !invoice.is_open() || invoice.due.is_zero() {
-                        return Err(ApiError::refused("id", "invoice_not_open", "Adjustments apply only to an open invoice with an amount due."));
-                    }
                     let amount = amount.of(invoice.currency);
-                    if amount.amount_minor() > invoice.due.amount_minor() {
-                        return Err(ApiError::refused("amount", "amount_exceeds_amount_due", "The adjustment is larger than the amount due."));
-                    }
+                    check_adjustable(&invoice, amount)?;
                     let adjustment_id = AdjustmentId::generate();
-                    let entry = NewEntry::new(
-                        EntryKind::InvoiceAdjustment,
-                        format!("Invoice {id}: {}", kind.as_str()),
-                        References {
-                            patient: Some(invoice.patient.clone()),
-                            invoice: Some(id.clone()),
-                            adjustment: Some(adjustment_id.to_string()),
-                            ..Default::default()
-                        },
-                    )
-                    .debit(account_id(kind.account(), invoice.currency), amount)
-                    .credit(patient_account_id(Code::PatientReceivables, invoice.currency, &invoice.patient), amount)?;
+                    let held = kind == AdjustmentKind::WriteOff && config.needs_second_approver(amount);
+                    let entry_id = EntryId::generate();
                     sqlx::query(
-                        "INSERT INTO adjustments (id, invoice_id, kind, amount_minor, currency, reason, journal_entry_id, created_at_us) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        "INSERT INTO adjustments (id, invoice_id, kind, amount_minor, currency, reason, status, journal_entry_id, \
+                         requested_by, approval_reasons, created_at_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                     )
                     .bind(adjustment_id.as_str())
                     .bind(id.as_str())
@@ -878,17 +982,245 @@ pub async fn create_adjustment(
                     .bind(amount.amount_minor())
                     .bind(invoice.currency.code())
                     .bind(&reason)
-                    .bind(entry.id.as_str())
+                    .bind(if held { "pending_approval" } else { "posted" })
+                    .bind((!held).then(|| entry_id.as_str().to_owned()))
+                    .bind(&requested_by)
+                    .bind(held.then(|| crate::refunds::ABOVE_THRESHOLD.to_owned()))
                     .bind(now_us())
                     .execute(&mut **tx)
                     .await?;
-                    invoice.adjusted = invoice.adjusted.checked_add(amount)?;
-                    invoice.save_amounts(tx).await?;
-                    let row = sqlx::query("SELECT * FROM adjustments WHERE id = $1").bind(adjustment_id.as_str()).fetch_one(&mut **tx).await?;
-                    let response =
-                        idempotency::respond_ok(tx, &claim, &adjustment_from_row(&row)?).await?;
+                    if held {
+                        tracing::info!(
+                            adjustment = %adjustment_id,
+                            invoice = %id,
+                            amount_minor = amount.amount_minor(),
+                            currency = %invoice.currency,
+                            requested_by = %requested_by,
+                            "dual control: write-off awaits a second billing manager's approval"
+                        );
+                        return respond_adjustment(tx, &claim, &adjustment_id).await;
+                    }
+                    let entry = apply_adjustment(tx, &mut invoice, &adjustment_id, kind, amount, &entry_id).await?;
+                    let response = respond_adjustment(tx, &claim, &adjustment_id).await?;
                     posting::post(tx, backend, entry).await?; // last: the contra account is hot
                     Ok(response)
+                })
+            })
+            .await
+    })
+    .await)
+}
+
+/// The body of a write-off's rejection.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectAdjustment {
+    /// Why the write-off is refused (kept on the adjustment).
+    pub reason: String,
+}
+
+/// The parts of an adjustment row the approval steps need.
+struct HeldAdjustment {
+    id: AdjustmentId,
+    kind: AdjustmentKind,
+    status: String,
+    amount_minor: i64,
+    requested_by: String,
+    approved_by: Option<String>,
+}
+
+/// Locks the invoice (lock order: invoice first), then reads its adjustment `adjustment`.
+async fn lock_adjustment(
+    tx: &mut Tx,
+    backend: Backend,
+    invoice: &InvoiceId,
+    adjustment: &AdjustmentId,
+) -> ApiResult<(InvoiceRow, HeldAdjustment)> {
+    let invoice = lock(tx, backend, invoice, "id").await?;
+    let row = sqlx::query(&format!(
+        "SELECT kind, status, amount_minor, requested_by, approved_by FROM adjustments WHERE id = $1 AND invoice_id = $2{}",
+        backend.for_update()
+    ))
+    .bind(adjustment.as_str())
+    .bind(invoice.id.as_str())
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found("adjustment", "adjustment"))?;
+    let kind: String = row.try_get("kind")?;
+    let kind = [
+        AdjustmentKind::InsuranceAdjustment,
+        AdjustmentKind::Discount,
+        AdjustmentKind::WriteOff,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == kind)
+    .ok_or_else(|| anyhow::anyhow!("unknown adjustment kind in the database"))?;
+    Ok((
+        invoice,
+        HeldAdjustment {
+            id: adjustment.clone(),
+            kind,
+            status: row.try_get("status")?,
+            amount_minor: row.try_get("amount_minor")?,
+            requested_by: row.try_get("requested_by")?,
+            approved_by: row.try_get("approved_by")?,
+        },
+    ))
+}
+
+fn path_adjustment_id(id: &str) -> Result<AdjustmentId, ApiError> {
+    AdjustmentId::parse_param(id, "adjustment")
+}
+
+/// Approve a write-off waiting for dual control: it is posted, once. Requires the right to
+/// create refunds; whoever asked for it cannot approve it (403
+/// `approval_requires_second_person`). Approving one already approved answers with it.
+#[utoipa::path(post, path = "/v1/invoices/{id}/adjustments/{adjustment}/approve", tag = "invoices",
+    params(("id" = String, Path), ("adjustment" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = Adjustment),
+              (status = 400, description = "adjustment_rejected, adjustment_not_pending_approval, or the invoice no longer open or owing the amount"),
+              (status = 403, description = "approval_requires_second_person: the requester cannot approve"),
+              (status = 404, description = "No such invoice or adjustment")),
+    security(("api_key" = [])))]
+pub async fn approve_adjustment(
+    State(state): State<AppState>,
+    principal: Principal,
+    key: IdempotencyKey,
+    ApiPath((id, adjustment)): ApiPath<(String, String)>,
+    EmptyBody(req): EmptyBody,
+) -> ApiResult<Response> {
+    principal.authorize(Action::InvoicesWrite)?;
+    principal.authorize(Action::RefundsCreate)?;
+    let id = path_invoice_id(&id)?;
+    let adjustment = path_adjustment_id(&adjustment)?;
+    let approver = principal.actor_id().to_owned();
+    let route = format!("POST /v1/invoices/{id}/adjustments/{adjustment}/approve");
+    let st = state.clone();
+    Ok(idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
+        let backend = st.db.backend;
+        st.db
+            .write(|tx| {
+                let (claim, id, adjustment, approver) = (claim.clone(), id.clone(), adjustment.clone(), approver.clone());
+                Box::pin(async move {
+                    idempotency::claim(tx, &claim).await?;
+                    let (mut invoice, held) = lock_adjustment(tx, backend, &id, &adjustment).await?;
+                    if held.requested_by == approver {
+                        tracing::info!(adjustment = %adjustment, requested_by = %held.requested_by, "dual control: the requester may not approve");
+                        return Err(crate::refunds::approval_requires_second_person());
+                    }
+                    match held.status.as_str() {
+                        "pending_approval" => {}
+                        "rejected" => {
+                            return Err(ApiError::refused("adjustment", "adjustment_rejected", "The write-off was rejected; it cannot be approved."))
+                        }
+                        // Approved by someone already: the posted adjustment as it stands.
+                        _ if held.approved_by.is_some() => return respond_adjustment(tx, &claim, &adjustment).await,
+                        _ => {
+                            return Err(ApiError::refused(
+                                "adjustment",
+                                "adjustment_not_pending_approval",
+                                "The adjustment did not need approval.",
+                            ))
+                        }
+                    }
+                    let amount = Money::new(held.amount_minor, invoice.currency);
+                    // Nothing was held on the invoice: it must still owe the amount.
+                    check_adjustable(&invoice, amount)?;
+                    let entry_id = EntryId::generate();
+                    let now = now_us();
+                    let updated = sqlx::query(
+                        "UPDATE adjustments SET status = 'posted', journal_entry_id = $1, approved_by = $2, approved_at_us = $3 \
+                         WHERE id = $4 AND status = 'pending_approval'",
+                    )
+                    .bind(entry_id.as_str())
+                    .bind(&approver)
+                    .bind(now)
+                    .bind(held.id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                    crate::payments::assert_money(updated.rows_affected() == 1, "write-off approved twice")?;
+                    let entry = apply_adjustment(tx, &mut invoice, &held.id, held.kind, amount, &entry_id).await?;
+                    tracing::info!(
+                        adjustment = %held.id,
+                        invoice = %id,
+                        amount_minor = amount.amount_minor(),
+                        currency = %invoice.currency,
+                        requested_by = %held.requested_by,
+                        approved_by = %approver,
+                        "dual control: write-off approved by a second billing manager"
+                    );
+                    let response = respond_adjustment(tx, &claim, &held.id).await?;
+                    posting::post(tx, backend, entry).await?; // last: the contra account is hot
+                    Ok(response)
+                })
+            })
+            .await
+    })
+    .await)
+}
+
+/// Reject a write-off waiting for dual control: it is never posted. Requires the right to
+/// create refunds (the requester may withdraw their own request).
+#[utoipa::path(post, path = "/v1/invoices/{id}/adjustments/{adjustment}/reject", tag = "invoices", request_body = RejectAdjustment,
+    params(("id" = String, Path), ("adjustment" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = Adjustment),
+              (status = 400, description = "adjustment_not_pending_approval"),
+              (status = 404, description = "No such invoice or adjustment")),
+    security(("api_key" = [])))]
+pub async fn reject_adjustment(
+    State(state): State<AppState>,
+    principal: Principal,
+    key: IdempotencyKey,
+    ApiPath((id, adjustment)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<RejectAdjustment>,
+) -> ApiResult<Response> {
+    principal.authorize(Action::InvoicesWrite)?;
+    principal.authorize(Action::RefundsCreate)?;
+    let id = path_invoice_id(&id)?;
+    let adjustment = path_adjustment_id(&adjustment)?;
+    let reason = text_field("reason", &req.reason, REASON_CHARS_MAX)?;
+    let rejecter = principal.actor_id().to_owned();
+    let route = format!("POST /v1/invoices/{id}/adjustments/{adjustment}/reject");
+    let st = state.clone();
+    Ok(idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
+        let backend = st.db.backend;
+        st.db
+            .write(|tx| {
+                let (claim, id, adjustment, reason, rejecter) =
+                    (claim.clone(), id.clone(), adjustment.clone(), reason.clone(), rejecter.clone());
+                Box::pin(async move {
+                    idempotency::claim(tx, &claim).await?;
+                    let (_invoice, held) = lock_adjustment(tx, backend, &id, &adjustment).await?;
+                    match held.status.as_str() {
+                        "pending_approval" => {}
+                        "rejected" => return respond_adjustment(tx, &claim, &adjustment).await,
+                        _ => {
+                            return Err(ApiError::refused(
+                                "adjustment",
+                                "adjustment_not_pending_approval",
+                                "Only a write-off waiting for approval can be rejected.",
+                            ))
+                        }
+                    }
+                    let now = now_us();
+                    sqlx::query(
+                        "UPDATE adjustments SET status = 'rejected', rejected_by = $1, rejected_at_us = $2, rejection_reason = $3 \
+                         WHERE id = $4 AND status = 'pending_approval'",
+                    )
+                    .bind(&rejecter)
+                    .bind(now)
+                    .bind(&reason)
+                    .bind(held.id.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+                    tracing::info!(
+                        adjustment = %held.id,
+                        invoice = %id,
+                        requested_by = %held.requested_by,
+                        rejected_by = %rejecter,
+                        "dual control: write-off rejected"
+                    );
+                    respond_adjustment(tx, &claim, &held.id).await
                 })
             })
             .await
@@ -915,11 +1247,13 @@ pub async fn list_adjustments(
     if exists.is_none() {
         return Err(ApiError::not_found("id", "invoice"));
     }
-    let rows = sqlx::query("SELECT * FROM adjustments WHERE invoice_id = $1 ORDER BY seq LIMIT $2")
-        .bind(id.as_str())
-        .bind(limit.saturating_add(1))
-        .fetch_all(&state.db.pool)
-        .await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {ADJUSTMENT_COLUMNS} FROM adjustments WHERE invoice_id = $1 ORDER BY seq LIMIT $2"
+    ))
+    .bind(id.as_str())
+    .bind(limit.saturating_add(1))
+    .fetch_all(&state.db.pool)
+    .await?;
     let items = rows
         .iter()
         .map(adjustment_from_row)

@@ -38,6 +38,7 @@ pub mod error;
 pub mod export;
 pub mod failpoint;
 pub mod idempotency;
+pub mod identity;
 pub mod ids;
 pub mod invoices;
 pub mod ledger;
@@ -61,4 +62,6 @@ pub struct AppState {
     pub processor: Arc<dyn processor::PaymentProcessor>,
     /// The card vault, when configured; without it a card token (`tok_…`) answers 503.
     pub vault: Option<vault::VaultClient>,
+    /// Session settings and sign-in throttling.
+    pub identity: Arc<identity::Identity>,
 }

@@ -299,6 +299,9 @@ pub async fn update_patient(
 ) -> ApiResult<Response> {
     principal.authorize(Action::PatientsWrite)?;
     let id = path_patient_id(&id)?;
+    principal
+        .ensure_patient_visible(&state.db, id.as_str(), "id", "patient")
+        .await?;
     let email = email_field(req.email.clone())?;
     let phone = phone_field(req.phone.clone())?;
     let address = req
@@ -351,6 +354,9 @@ pub async fn get_patient(
 ) -> ApiResult<Json<Patient>> {
     principal.authorize(Action::PatientsRead)?;
     let id = path_patient_id(&id)?;
+    principal
+        .ensure_patient_visible(&state.db, id.as_str(), "id", "patient")
+        .await?;
     let row = sqlx::query(&format!(
         "SELECT {PATIENT_COLUMNS} FROM patients WHERE id = $1"
     ))
@@ -382,11 +388,16 @@ pub async fn list_patients(
         i64::MAX,
     )
     .await?;
+    // Record-level rule: a patient lists only themselves, facility-bound staff their facility.
+    let (own_patient, own_facility) = principal.list_limits();
     let rows = sqlx::query(&format!(
-        "SELECT {PATIENT_COLUMNS} FROM patients WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
+        "SELECT {PATIENT_COLUMNS} FROM patients WHERE seq < $1 AND ($3 = '' OR id = $3) \
+         AND ($4 = '' OR facility_id = $4) ORDER BY seq DESC LIMIT $2"
     ))
     .bind(before)
     .bind(limit.saturating_add(1))
+    .bind(own_patient)
+    .bind(own_facility)
     .fetch_all(&state.db.pool)
     .await?;
     let patients = rows
@@ -430,6 +441,9 @@ pub async fn statement(
 ) -> ApiResult<Json<Statement>> {
     principal.authorize(Action::InvoicesRead)?;
     let id = path_patient_id(&id)?;
+    principal
+        .ensure_patient_visible(&state.db, id.as_str(), "id", "patient")
+        .await?;
     let requested = q
         .currency
         .as_deref()

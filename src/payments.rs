@@ -308,6 +308,25 @@ pub async fn create_payment(
     principal.authorize(Action::PaymentsCreate)?;
     let key = key.required()?;
     let valid = req.validated()?;
+    // Record-level rule: a patient pays only their own bills (anything else is "no such
+    // invoice"), facility-bound staff only their facility's.
+    if let Some(invoice) = valid.invoice.as_ref() {
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT patient_id FROM invoices WHERE id = $1")
+                .bind(invoice.as_str())
+                .fetch_optional(&state.db.pool)
+                .await?;
+        if let Some(owner) = owner {
+            principal
+                .ensure_patient_visible(&state.db, &owner, "invoice", "invoice")
+                .await?;
+        }
+    }
+    if let Some(patient) = valid.patient.as_ref() {
+        principal
+            .ensure_patient_visible(&state.db, patient.as_str(), "patient", "patient")
+            .await?;
+    }
     let st = state.clone();
     Ok(idempotency::run(
         &state,
@@ -742,7 +761,11 @@ pub async fn get_payment(
     .fetch_optional(&state.db.pool)
     .await?
     .ok_or_else(|| ApiError::not_found("id", "payment"))?;
-    Ok(Json(payment_from_row(&row)?))
+    let payment = payment_from_row(&row)?;
+    principal
+        .ensure_patient_visible(&state.db, &payment.patient, "id", "payment")
+        .await?;
+    Ok(Json(payment))
 }
 
 #[derive(Debug, Deserialize)]
@@ -778,14 +801,21 @@ pub async fn list_payments(
         i64::MAX,
     )
     .await?;
+    // Record-level rule: a patient lists only their own payments, facility-bound staff those
+    // of their facility's patients.
+    let (own_patient, own_facility) = principal.list_limits();
     let rows = sqlx::query(&format!(
         "SELECT {PAYMENT_COLUMNS} FROM payments WHERE seq < $1 AND ($2 = '' OR invoice_id = $2) AND ($3 = '' OR patient_id = $3) \
+         AND ($5 = '' OR patient_id = $5) \
+         AND ($6 = '' OR patient_id IN (SELECT id FROM patients WHERE facility_id = $6)) \
          ORDER BY seq DESC LIMIT $4"
     ))
     .bind(before)
     .bind(invoice.as_ref().map(|i| i.as_str()).unwrap_or(""))
     .bind(patient.as_ref().map(|p| p.as_str()).unwrap_or(""))
     .bind(limit.saturating_add(1))
+    .bind(own_patient)
+    .bind(own_facility)
     .fetch_all(&state.db.pool)
     .await?;
     let items = rows

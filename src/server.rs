@@ -36,6 +36,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::refunds::router())
         .merge(crate::ledger::router())
         .merge(crate::export::router())
+        .merge(crate::identity::router())
         .route("/v1/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -80,7 +81,33 @@ async fn request_context(request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("request-id", value);
     }
+    security_headers(response.headers_mut());
     response
+}
+
+/// On every response: HTTPS only (HSTS), no framing, no inline or third-party script, no
+/// MIME sniffing, no referrer leaking ids in URLs, and no caching of health or payment data.
+fn security_headers(h: &mut axum::http::HeaderMap) {
+    use axum::http::header;
+    for (name, value) in [
+        (
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=63072000; includeSubDomains",
+        ),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        if !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -133,11 +160,13 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     if let Some(v) = &vault {
         tracing::info!(vault = %v.base_url(), "card vault configured");
     }
+    let identity = Arc::new(crate::identity::Identity::from_config(&config));
     Ok(AppState {
         db,
         config: Arc::new(config),
         processor,
         vault,
+        identity,
     })
 }
 
@@ -154,9 +183,13 @@ pub fn spawn(state: AppState, listener: TcpListener) -> anyhow::Result<Running> 
     crate::idempotency::spawn_sweeper(state.clone(), SWEEP_INTERVAL);
     let router = app(state.clone());
     let handle = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
+        // The peer address reaches handlers (sign-in throttling, security events).
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown_signal())
+        .await
     });
     Ok(Running {
         addr,

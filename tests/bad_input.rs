@@ -47,7 +47,7 @@ async fn send(
         .admin
         .http
         .request(method, format!("{}{}", app.base, path))
-        .bearer_auth(&app.keys["admin"]);
+        .bearer_auth(&app.keys["billing_manager"]);
     if let Some(ct) = content_type {
         request = request.header("content-type", ct);
     }

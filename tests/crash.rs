@@ -79,7 +79,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let url = app.state().config.database_url.clone();
     let inv = app.open_invoice("usd", 10000).await;
-    let key = app.keys["admin"].clone();
+    let key = app.keys["billing_manager"].clone();
 
     // 1. The payment: the process dies right after the processor charged the card.
     let (mut child, base) = start_binary(&url, "payment_after_processor").await;

@@ -17,7 +17,7 @@ async fn logs_carry_no_health_data_keys_or_payment_methods() {
     let (url, cleanup) = fresh_database(Backend::Sqlite).await;
     let db = carebill::db::Db::connect(&url).await.unwrap();
     carebill::db::migrate(&db).await.unwrap();
-    let key = carebill::auth::create_api_key(&db, carebill::auth::Role::Admin)
+    let key = carebill::auth::create_api_key(&db, carebill::auth::Role::BillingManager)
         .await
         .unwrap()
         .secret;

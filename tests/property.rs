@@ -9,6 +9,10 @@
 //!
 //! `a_generated_ledger_of_thousands_of_entries_exports_cleanly_*` uses the same generator from a
 //! fixed seed to build one ledger of at least 2,000 journal entries, and checks its exports.
+//!
+//! Dual control is part of the model: a refund or write-off above the default threshold (500.00
+//! in its currency) must come back `pending_approval`, and is then approved by a second billing
+//! manager (the case's `approver`) before the model counts it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -223,6 +227,8 @@ struct Model {
     patients: Vec<String>,
     invoices: Vec<InvoiceModel>,
     payments: Vec<PaymentModel>,
+    /// A second billing manager, who approves what dual control holds.
+    approver: Option<ApiClient>,
 }
 
 impl Model {
@@ -252,6 +258,46 @@ impl Model {
             Some(index.index(self.payments.len()))
         }
     }
+}
+
+/// Dual control: a refund or write-off above 500.00 in its own currency (the default threshold)
+/// waits for a second billing manager.
+fn above_dual_control_threshold(currency: &str, amount: i64) -> bool {
+    let exponent = match currency {
+        "jpy" => 0,
+        "kwd" => 3,
+        _ => 2,
+    };
+    amount > 500 * 10_i64.pow(exponent)
+}
+
+/// A billing manager with a key of their own: a different person from `app.admin`.
+async fn second_manager(app: &TestApp) -> ApiClient {
+    let key = carebill::auth::create_api_key(&app.db, carebill::auth::Role::BillingManager)
+        .await
+        .unwrap();
+    app.admin.with_key(&key.secret)
+}
+
+/// Checks that `held` waits for approval, then approves it at `path` as the second manager;
+/// the approved object.
+async fn approve_held(
+    approver: Option<ApiClient>,
+    held: &Value,
+    path: &str,
+) -> Result<Value, TestCaseError> {
+    prop_assert_eq!(
+        held["status"].as_str(),
+        Some("pending_approval"),
+        "dual control: {}",
+        held
+    );
+    let approver = approver.ok_or_else(|| fail("the model has no approver"))?;
+    let reply = approver
+        .post(path, &json!({}), Some(&new_key()))
+        .await
+        .map_err(fail)?;
+    Ok(ok(&reply)?.clone())
 }
 
 fn resolve(amount: Amount, base: i64) -> i64 {
@@ -384,7 +430,17 @@ async fn apply(app: &TestApp, m: &mut Model, op: &Op) -> Result<(), TestCaseErro
                 refused(&reply, "amount_exceeds_amount_due")?;
                 prop_assert_eq!(reply.body["error"]["param"].as_str(), Some("amount"));
             } else {
-                let adj = ok(&reply)?;
+                let mut adj = ok(&reply)?.clone();
+                if *kind == "write_off" && above_dual_control_threshold(inv.currency, amount) {
+                    let path = format!(
+                        "/v1/invoices/{}/adjustments/{}/approve",
+                        inv.id,
+                        text(&adj, "id")?
+                    );
+                    adj = approve_held(m.approver.clone(), &adj, &path).await?;
+                }
+                let adj = &adj;
+                prop_assert_eq!(adj["status"].as_str(), Some("posted"), "{}", adj);
                 prop_assert_eq!(int(adj, "amount")?, amount);
                 prop_assert_eq!(adj["kind"].as_str(), Some(*kind));
                 inv.adjusted += amount;
@@ -480,6 +536,7 @@ async fn apply(app: &TestApp, m: &mut Model, op: &Op) -> Result<(), TestCaseErro
             let Some(pi) = m.pick_payment(payment, *prefer_refundable) else {
                 return Ok(());
             };
+            let approver = m.approver.clone();
             let p = &mut m.payments[pi];
             let refundable = p.refundable();
             let requested = match amount {
@@ -501,8 +558,13 @@ async fn apply(app: &TestApp, m: &mut Model, op: &Op) -> Result<(), TestCaseErro
                 refused(&reply, "amount_exceeds_refundable")?;
                 prop_assert_eq!(reply.body["error"]["param"].as_str(), Some("amount"));
             } else {
-                let re = ok(&reply)?;
+                let mut re = ok(&reply)?.clone();
                 let a = requested.unwrap_or(refundable);
+                if above_dual_control_threshold(p.currency, a) {
+                    let path = format!("/v1/refunds/{}/approve", text(&re, "id")?);
+                    re = approve_held(approver, &re, &path).await?;
+                }
+                let re = &re;
                 let from_credit = a.min(p.credited - p.refunded_credited);
                 let from_invoice = a - from_credit;
                 prop_assert_eq!(re["status"].as_str(), Some("succeeded"));
@@ -719,7 +781,10 @@ async fn check(app: &TestApp, m: &Model) -> Result<(), TestCaseError> {
 }
 
 async fn run_case(app: &TestApp, ops: &[Op]) -> Result<(), TestCaseError> {
-    let mut m = Model::default();
+    let mut m = Model {
+        approver: Some(second_manager(app).await),
+        ..Model::default()
+    };
     for _ in 0..PATIENTS {
         m.patients.push(app.patient().await);
     }
@@ -791,7 +856,10 @@ async fn a_generated_ledger_exports_cleanly(backend: Backend) {
     let mut runner =
         TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
     let batch = prop::collection::vec(op(), LEDGER_BATCH);
-    let mut m = Model::default();
+    let mut m = Model {
+        approver: Some(second_manager(&app).await),
+        ..Model::default()
+    };
     for _ in 0..LEDGER_PATIENTS {
         m.patients.push(app.patient().await);
     }

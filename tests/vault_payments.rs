@@ -697,7 +697,7 @@ mod resume_after_crash {
         let app = TestApp::spawn_with_vault(backend).await;
         let inv = app.open_invoice("usd", 10000).await;
         let token = app.vault().token_for(VISA).await;
-        let key = app.keys["admin"].clone();
+        let key = app.keys["billing_manager"].clone();
         let body = pay_body(&inv, 6000, &token);
         let pay_key = new_key();
 

@@ -11,6 +11,9 @@ CREATE TABLE facilities (
 
 -- A patient may belong to a facility; staff tied to a facility see only its patients.
 ALTER TABLE patients ADD COLUMN facility_id TEXT REFERENCES facilities (id);
+-- Guest pay: the access code printed on the patient's statement (SHA-256; it is random).
+ALTER TABLE patients ADD COLUMN access_code_sha256 TEXT;
+CREATE UNIQUE INDEX patients_access_code ON patients (access_code_sha256) WHERE access_code_sha256 IS NOT NULL;
 
 CREATE TABLE users (
     seq                     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -26,6 +29,8 @@ CREATE TABLE users (
     external_issuer         TEXT,
     external_subject        TEXT,
     totp_secret             TEXT,
+    -- The last TOTP time step accepted: a code is never accepted twice (RFC 6238 §5.2).
+    totp_last_step          BIGINT,
     mfa_enrolled_at_us      BIGINT,
     status                  TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
     password_reset_required BIGINT NOT NULL DEFAULT 0 CHECK (password_reset_required IN (0, 1)),

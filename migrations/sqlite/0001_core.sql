@@ -217,8 +217,30 @@ CREATE TABLE adjustments (
     amount_minor     INTEGER NOT NULL CHECK (amount_minor > 0),
     currency         TEXT NOT NULL,
     reason           TEXT NOT NULL,
-    journal_entry_id TEXT NOT NULL REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
-    created_at_us    INTEGER NOT NULL
+    -- posted: on the ledger and in the invoice's amounts. pending_approval: a write-off above the
+    -- dual-control threshold, waiting for a second billing manager; nothing is posted and the
+    -- invoice is untouched until then. rejected: never posted.
+    status           TEXT NOT NULL CHECK (status IN ('pending_approval', 'posted', 'rejected')),
+    journal_entry_id TEXT REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
+    -- dual control (the audit trail names both people): who asked, why a second person must
+    -- approve (NULL: no approval needed), who approved or rejected it
+    requested_by     TEXT NOT NULL,
+    approval_reasons TEXT CHECK (approval_reasons <> ''),
+    approved_by      TEXT,
+    approved_at_us   INTEGER,
+    rejected_by      TEXT,
+    rejected_at_us   INTEGER,
+    rejection_reason TEXT,
+    created_at_us    INTEGER NOT NULL,
+    CHECK ((status = 'posted') = (journal_entry_id IS NOT NULL)),
+    CHECK (approved_by IS NULL OR approved_by <> requested_by),
+    CHECK ((approved_by IS NULL) = (approved_at_us IS NULL)),
+    CHECK ((rejected_by IS NULL) = (rejected_at_us IS NULL) AND (rejected_by IS NULL) = (rejection_reason IS NULL)),
+    CHECK ((status = 'rejected') = (rejected_by IS NOT NULL)),
+    CHECK ((approved_by IS NULL AND rejected_by IS NULL) OR approval_reasons IS NOT NULL),
+    CHECK (status <> 'pending_approval' OR (approval_reasons IS NOT NULL AND approved_by IS NULL)),
+    -- an adjustment that needs approval is posted only once approved
+    CHECK (status <> 'posted' OR approval_reasons IS NULL OR approved_by IS NOT NULL)
 ) STRICT;
 CREATE INDEX adjustments_invoice ON adjustments (invoice_id);
 
@@ -264,7 +286,7 @@ CREATE TABLE refunds (
     payment_id                TEXT NOT NULL REFERENCES payments (id),
     currency                  TEXT NOT NULL,
     amount_minor              INTEGER NOT NULL CHECK (amount_minor > 0),
-    status                    TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+    status                    TEXT NOT NULL CHECK (status IN ('pending_approval', 'pending', 'succeeded', 'failed', 'rejected')),
     reason                    TEXT NOT NULL CHECK (reason IN ('duplicate', 'requested_by_patient', 'overpayment', 'billing_error')),
     note                      TEXT,
     processor_idempotency_key TEXT NOT NULL UNIQUE,
@@ -275,12 +297,36 @@ CREATE TABLE refunds (
     applied_minor             INTEGER NOT NULL DEFAULT 0 CHECK (applied_minor >= 0),
     credited_minor            INTEGER NOT NULL DEFAULT 0 CHECK (credited_minor >= 0),
     journal_entry_id          TEXT REFERENCES journal_entries (id) DEFERRABLE INITIALLY DEFERRED,
+    -- where the money goes back to: NULL is the card the payment was made with; otherwise the
+    -- payment method the request named (recorded and passed to the processor as metadata)
+    payment_method            TEXT,
+    -- dual control (the audit trail names both people): who asked, why a second person must
+    -- approve (NULL: no approval needed; space-separated reasons), who approved or rejected it
+    requested_by              TEXT NOT NULL,
+    approval_reasons          TEXT CHECK (approval_reasons <> ''),
+    approved_by               TEXT,
+    approved_at_us            INTEGER,
+    rejected_by               TEXT,
+    rejected_at_us            INTEGER,
+    rejection_reason          TEXT,
     created_at_us             INTEGER NOT NULL,
     updated_at_us             INTEGER NOT NULL,
     CHECK (status <> 'succeeded' OR applied_minor + credited_minor = amount_minor),
-    CHECK (status = 'succeeded' OR (applied_minor = 0 AND credited_minor = 0))
+    CHECK (status = 'succeeded' OR (applied_minor = 0 AND credited_minor = 0)),
+    -- nobody approves their own request
+    CHECK (approved_by IS NULL OR approved_by <> requested_by),
+    CHECK ((approved_by IS NULL) = (approved_at_us IS NULL)),
+    CHECK ((rejected_by IS NULL) = (rejected_at_us IS NULL) AND (rejected_by IS NULL) = (rejection_reason IS NULL)),
+    CHECK ((status = 'rejected') = (rejected_by IS NOT NULL)),
+    CHECK ((approved_by IS NULL AND rejected_by IS NULL) OR approval_reasons IS NOT NULL),
+    CHECK (status <> 'pending_approval' OR (approval_reasons IS NOT NULL AND approved_by IS NULL)),
+    -- a refund that needs approval goes to the processor (pending, then succeeded or failed)
+    -- only once approved, and a refund to another card always needs it
+    CHECK (status IN ('pending_approval', 'rejected') OR approval_reasons IS NULL OR approved_by IS NOT NULL),
+    CHECK (payment_method IS NULL OR approval_reasons IS NOT NULL)
 ) STRICT;
 CREATE INDEX refunds_payment ON refunds (payment_id);
+CREATE INDEX refunds_status ON refunds (status, seq);
 
 CREATE TABLE idempotency_keys (
     principal_id        TEXT NOT NULL,

@@ -242,7 +242,7 @@ pub async fn export(
 ) -> ApiResult<Response> {
     principal.authorize(Action::LedgerExport)?;
     let deployment = Deployment::load(&state.db).await?;
-    let request = parse_request(&deployment, &q, principal.key_id.as_str().to_owned())?;
+    let request = parse_request(&deployment, &q, principal.actor_id().to_owned())?;
     if request.identified {
         principal.authorize(Action::LedgerExportIdentified)?;
     }

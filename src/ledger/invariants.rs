@@ -88,7 +88,7 @@ const CHECKS: &[(&str, &str)] = &[
     (
         "amount due = charges - adjustments - payments + refunds, each from its own rows",
         "SELECT i.id FROM invoices i WHERE i.status <> 'void' AND ( \
-            i.amount_adjusted_minor <> (SELECT COALESCE(SUM(a.amount_minor), 0) FROM adjustments a WHERE a.invoice_id = i.id) \
+            i.amount_adjusted_minor <> (SELECT COALESCE(SUM(a.amount_minor), 0) FROM adjustments a WHERE a.invoice_id = i.id AND a.status = 'posted') \
          OR i.amount_paid_minor <> (SELECT COALESCE(SUM(p.amount_applied_minor), 0) FROM payments p \
                                     WHERE p.invoice_id = i.id AND p.status = 'succeeded') \
          OR i.amount_refunded_minor <> (SELECT COALESCE(SUM(r.applied_minor), 0) FROM refunds r \

@@ -63,6 +63,12 @@ pub struct RefundRequest {
     pub charge_id: String,
     pub amount: Money,
     pub refund_id: String,
+    /// The payment method the refund was asked to go to, when it is not the one charged (only
+    /// ever after a second billing manager approved it), as the request named it: a `pm_…` id
+    /// or a card token, which an adapter that can pay out to another card resolves at the vault
+    /// first. Passed as metadata: a plain card refund, the simulator's included, returns the
+    /// money to the original charge.
+    pub destination_payment_method: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

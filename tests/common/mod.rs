@@ -177,7 +177,7 @@ pub struct TestApp {
     pub backend: Backend,
     pub base: String,
     pub db: Db,
-    /// Client with the `admin` role.
+    /// The billing office's client: a `billing_manager` service key (see `spawn_with`).
     pub admin: ApiClient,
     pub keys: HashMap<&'static str, String>,
     /// The card vault billing is configured with, when started by [`TestApp::spawn_with_vault`].
@@ -207,9 +207,11 @@ impl TestApp {
         let mut keys = HashMap::new();
         for (name, role) in [
             ("admin", Role::Admin),
+            ("front_desk", Role::FrontDesk),
             ("billing_clerk", Role::BillingClerk),
             ("billing_manager", Role::BillingManager),
             ("accountant", Role::Accountant),
+            ("auditor", Role::Auditor),
         ] {
             keys.insert(
                 name,
@@ -225,7 +227,10 @@ impl TestApp {
         let db = state.db.clone();
         let running = carebill::server::spawn(state, listener).expect("spawn");
         let base = format!("http://{}", running.addr);
-        let admin = ApiClient::new(&base, &keys["admin"]);
+        // The tests' main client works the billing office's whole day (patients, bills,
+        // payments, refunds, the ledger): the billing manager. (The `admin` role manages users
+        // and keys and reads no health or payment data; `as_role("admin")` is that.)
+        let admin = ApiClient::new(&base, &keys["billing_manager"]);
         TestApp {
             backend,
             base,

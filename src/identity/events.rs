@@ -1,0 +1,95 @@
+//! The security event log: sign-ins and their failures, MFA events, permission denials, role,
+//! user and key changes. Append-only (the database refuses updates and deletes); never a
+//! password, a code or a token — the `detail` is a fixed word or an id.
+
+use crate::db::{now_us, Db};
+use crate::error::current_request_id;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    SigninSucceeded,
+    /// The password was right; the second factor is still to come.
+    PasswordAccepted,
+    SigninFailed,
+    SigninLocked,
+    MfaEnrolled,
+    MfaFailed,
+    MfaSucceeded,
+    RecoveryCodeUsed,
+    SignedOut,
+    SignedOutEverywhere,
+    PermissionDenied,
+    UserCreated,
+    RoleChanged,
+    UserDisabled,
+    PasswordResetRequired,
+    PasswordChanged,
+    ApiKeyCreated,
+    ApiKeyRotated,
+    ApiKeyRevoked,
+    GuestAccessGranted,
+    GuestAccessFailed,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::SigninSucceeded => "signin_succeeded",
+            Kind::PasswordAccepted => "password_accepted",
+            Kind::SigninFailed => "signin_failed",
+            Kind::SigninLocked => "signin_locked",
+            Kind::MfaEnrolled => "mfa_enrolled",
+            Kind::MfaFailed => "mfa_failed",
+            Kind::MfaSucceeded => "mfa_succeeded",
+            Kind::RecoveryCodeUsed => "recovery_code_used",
+            Kind::SignedOut => "signed_out",
+            Kind::SignedOutEverywhere => "signed_out_everywhere",
+            Kind::PermissionDenied => "permission_denied",
+            Kind::UserCreated => "user_created",
+            Kind::RoleChanged => "role_changed",
+            Kind::UserDisabled => "user_disabled",
+            Kind::PasswordResetRequired => "password_reset_required",
+            Kind::PasswordChanged => "password_changed",
+            Kind::ApiKeyCreated => "api_key_created",
+            Kind::ApiKeyRotated => "api_key_rotated",
+            Kind::ApiKeyRevoked => "api_key_revoked",
+            Kind::GuestAccessGranted => "guest_access_granted",
+            Kind::GuestAccessFailed => "guest_access_failed",
+        }
+    }
+}
+
+/// One event. `actor` did it (a user or key id, when known); `subject` is what it was about.
+#[derive(Debug, Clone, Default)]
+pub struct Event<'a> {
+    pub actor: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub ip: Option<&'a str>,
+    pub detail: Option<&'a str>,
+}
+
+/// Records `kind`. A failure to record is logged and returned: callers on sign-in paths fail
+/// closed.
+pub async fn record(db: &Db, kind: Kind, e: Event<'_>) -> Result<(), sqlx::Error> {
+    tracing::info!(
+        security_event = kind.as_str(),
+        actor = e.actor,
+        subject = e.subject,
+        detail = e.detail,
+        "security event"
+    );
+    sqlx::query(
+        "INSERT INTO security_events (at_us, kind, actor, subject, ip, detail, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(now_us())
+    .bind(kind.as_str())
+    .bind(e.actor)
+    .bind(e.subject)
+    .bind(e.ip)
+    .bind(e.detail)
+    .bind(Some(current_request_id()).filter(|id| !id.is_empty()))
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
