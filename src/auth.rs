@@ -210,6 +210,8 @@ pub struct Principal {
     /// The session the request came with (signed-in users and guests).
     pub session_id: Option<SessionId>,
     actor: String,
+    /// Where permission denials are recorded (set for request principals).
+    audit: Option<Db>,
 }
 
 impl fmt::Debug for Principal {
@@ -240,7 +242,14 @@ impl Principal {
             subject,
             session_id,
             actor,
+            audit: None,
         }
+    }
+
+    /// Records this principal's permission denials as security events in `db`.
+    pub fn audited_in(mut self, db: &Db) -> Principal {
+        self.audit = Some(db.clone());
+        self
     }
 
     /// The role the caller acts with (scoped keys have none).
@@ -265,12 +274,33 @@ impl Principal {
         if self.allows(action) {
             return Ok(());
         }
-        tracing::info!(
-            actor = self.actor.as_str(),
-            ?action,
-            security_event = "permission_denied",
-            "permission denied"
-        );
+        if let Some(db) = self.audit.clone() {
+            // Off the request path: the 403 does not wait for the record (which also logs).
+            let actor = self.actor.clone();
+            let detail = format!("{action:?}");
+            tokio::spawn(async move {
+                let recorded = crate::identity::events::record(
+                    &db,
+                    crate::identity::events::Kind::PermissionDenied,
+                    crate::identity::events::Event {
+                        actor: Some(&actor),
+                        detail: Some(&detail),
+                        ..Default::default()
+                    },
+                )
+                .await;
+                if let Err(e) = recorded {
+                    tracing::warn!(error = %e, "permission denial not recorded");
+                }
+            });
+        } else {
+            tracing::info!(
+                actor = self.actor.as_str(),
+                ?action,
+                security_event = "permission_denied",
+                "permission denied"
+            );
+        }
         Err(ApiError::simple(
             StatusCode::FORBIDDEN,
             ErrorType::PermissionError,
@@ -469,6 +499,7 @@ impl FromRequestParts<AppState> for Principal {
                 crate::identity::sessions::authenticate(state, &token, csrf).await?
             }
         };
+        let principal = principal.audited_in(&state.db);
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }

@@ -99,8 +99,12 @@ pub struct CreateInvoice {
 pub struct Line {
     pub id: String,
     pub service_date: String,
-    pub code: String,
-    pub description: String,
+    /// Procedure code; absent for callers who may not see itemized services (front desk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Absent for callers who may not see itemized services (front desk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     pub quantity: i64,
     pub unit_amount: i64,
     pub amount: i64,
@@ -257,8 +261,8 @@ async fn load_lines(
                 Line {
                     id: r.try_get("id")?,
                     service_date: r.try_get("service_date")?,
-                    code: r.try_get("code")?,
-                    description: r.try_get("description")?,
+                    code: Some(r.try_get("code")?),
+                    description: Some(r.try_get("description")?),
                     quantity: r.try_get("quantity")?,
                     unit_amount: r.try_get("unit_amount_minor")?,
                     amount: r.try_get("amount_minor")?,
@@ -569,10 +573,25 @@ pub async fn get_invoice(
     .fetch_optional(&state.db.pool)
     .await?
     .ok_or_else(|| ApiError::not_found("id", "invoice"))?;
+    let patient: String = sqlx::Row::try_get(&row, "patient_id")?;
+    principal
+        .ensure_patient_visible(&state.db, &patient, "id", "invoice")
+        .await?;
     let mut v = assemble(&state.db.pool, std::slice::from_ref(&row)).await?;
     v.pop()
-        .map(Json)
+        .map(|i| Json(field_rules(&principal, i)))
         .ok_or_else(|| ApiError::not_found("id", "invoice"))
+}
+
+/// Field-level rule: itemized procedure codes and descriptions only for those who may see them.
+pub fn field_rules(principal: &Principal, mut invoice: Invoice) -> Invoice {
+    if !principal.allows(Action::InvoiceDetailsRead) {
+        for line in &mut invoice.lines {
+            line.code = None;
+            line.description = None;
+        }
+    }
+    invoice
 }
 
 #[derive(Debug, Deserialize)]
@@ -616,17 +635,28 @@ pub async fn list_invoices(
         i64::MAX,
     )
     .await?;
+    // Record-level rule: a patient lists only their own bills, facility-bound staff those of
+    // their facility's patients.
+    let (own_patient, own_facility) = principal.list_limits();
     let rows = sqlx::query(&format!(
         "SELECT {INVOICE_COLUMNS} FROM invoices WHERE seq < $1 AND ($2 = '' OR patient_id = $2) \
-         AND ($3 = '' OR status = $3) ORDER BY seq DESC LIMIT $4"
+         AND ($3 = '' OR status = $3) AND ($5 = '' OR patient_id = $5) \
+         AND ($6 = '' OR patient_id IN (SELECT id FROM patients WHERE facility_id = $6)) \
+         ORDER BY seq DESC LIMIT $4"
     ))
     .bind(before)
     .bind(patient.as_ref().map(|p| p.as_str()).unwrap_or(""))
     .bind(q.status.as_deref().unwrap_or(""))
     .bind(limit.saturating_add(1))
+    .bind(own_patient)
+    .bind(own_facility)
     .fetch_all(&state.db.pool)
     .await?;
-    let invoices = assemble(&state.db.pool, &rows).await?;
+    let invoices = assemble(&state.db.pool, &rows)
+        .await?
+        .into_iter()
+        .map(|i| field_rules(&principal, i))
+        .collect();
     Ok(Json(List::from_rows(invoices, limit, "/v1/invoices")))
 }
 

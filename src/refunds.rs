@@ -881,7 +881,18 @@ pub async fn get_refund(
     .fetch_optional(&state.db.pool)
     .await?
     .ok_or_else(|| ApiError::not_found("id", "refund"))?;
-    Ok(Json(refund_from_row(&row)?))
+    let refund = refund_from_row(&row)?;
+    if principal.own_facility().is_some() {
+        let patient: Option<String> =
+            sqlx::query_scalar("SELECT patient_id FROM payments WHERE id = $1")
+                .bind(&refund.payment)
+                .fetch_optional(&state.db.pool)
+                .await?;
+        principal
+            .ensure_patient_visible(&state.db, patient.as_deref().unwrap_or(""), "id", "refund")
+            .await?;
+    }
+    Ok(Json(refund))
 }
 
 #[derive(Debug, Deserialize)]
@@ -926,14 +937,21 @@ pub async fn list_refunds(
         i64::MAX,
     )
     .await?;
+    let (own_patient, own_facility) = principal.list_limits();
     let rows = sqlx::query(&format!(
         "SELECT {REFUND_COLUMNS} FROM refunds WHERE seq < $1 AND ($2 = '' OR payment_id = $2) \
-         AND ($3 = '' OR status = $3) ORDER BY seq DESC LIMIT $4"
+         AND ($3 = '' OR status = $3) \
+         AND ($5 = '' OR payment_id IN (SELECT id FROM payments WHERE patient_id = $5)) \
+         AND ($6 = '' OR payment_id IN (SELECT p.id FROM payments p JOIN patients pt ON pt.id = p.patient_id \
+                                         WHERE pt.facility_id = $6)) \
+         ORDER BY seq DESC LIMIT $4"
     ))
     .bind(before)
     .bind(payment.as_ref().map(|p| p.as_str()).unwrap_or(""))
     .bind(q.status.as_deref().unwrap_or(""))
     .bind(limit.saturating_add(1))
+    .bind(own_patient)
+    .bind(own_facility)
     .fetch_all(&state.db.pool)
     .await?;
     let items = rows

@@ -161,6 +161,9 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         tracing::info!(vault = %v.base_url(), "card vault configured");
     }
     let identity = Arc::new(crate::identity::Identity::from_config(&config));
+    // The dummy password hash and the common-password list, built before the first sign-in
+    // (so the first unknown-user attempt takes no longer than any other).
+    tokio::task::spawn_blocking(crate::identity::password::warm_up);
     Ok(AppState {
         db,
         config: Arc::new(config),

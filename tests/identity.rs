@@ -343,6 +343,7 @@ both_backends!(
             format!("/v1/patients/{them}"),
             format!("/v1/patients/{them}/statement"),
             format!("/v1/payments/{}", their_payment["id"].as_str().unwrap()),
+            format!("/v1/invoices/{}", theirs["id"].as_str().unwrap()),
         ] {
             let (status, body) = get_with(&app, &path, &t).await;
             assert_eq!(status, 404, "{path}: {body}");
@@ -351,6 +352,23 @@ both_backends!(
         assert_eq!(list["data"].as_array().unwrap().len(), 0, "{list}");
         let (_, list) = get_with(&app, "/v1/patients?limit=100", &t).await;
         assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+        let (_, list) = get_with(&app, "/v1/invoices?limit=100", &t).await;
+        let ids: Vec<&str> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [mine["id"].as_str().unwrap()], "{list}");
+        // Their own bill, itemized.
+        let (status, own) = get_with(
+            &app,
+            &format!("/v1/invoices/{}", mine["id"].as_str().unwrap()),
+            &t,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(own["lines"][0]["code"], "99213");
         // Paying someone else's bill is "no such invoice".
         let r = app
         .admin
@@ -686,6 +704,42 @@ both_backends!(
             assert_eq!(h["x-content-type-options"], "nosniff");
             assert_eq!(h["referrer-policy"], "no-referrer");
         }
+        app
+    }
+);
+
+both_backends!(
+    front_desk_sees_contact_details_not_procedure_codes,
+    |app: TestApp| async move {
+        let inv = app.open_invoice("usd", 5000).await;
+        let desk = app.as_role("front_desk");
+        let patient = desk
+            .get(&format!(
+                "/v1/patients/{}",
+                inv["patient"].as_str().unwrap()
+            ))
+            .await
+            .unwrap();
+        assert_eq!(patient.status, 200);
+        assert_eq!(patient.body["email"], "t@example.org");
+        let bill = desk
+            .get(&format!("/v1/invoices/{}", inv["id"].as_str().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(bill.status, 200, "{}", bill.body);
+        let line = &bill.body["lines"][0];
+        assert!(
+            line.get("code").is_none() && line.get("description").is_none(),
+            "{line}"
+        );
+        assert_eq!(line["amount"], 5000);
+        // The clerk sees the itemized bill.
+        let clerk = app
+            .as_role("billing_clerk")
+            .get(&format!("/v1/invoices/{}", inv["id"].as_str().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(clerk.body["lines"][0]["code"], "99213");
         app
     }
 );
