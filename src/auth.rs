@@ -500,6 +500,17 @@ impl FromRequestParts<AppState> for Principal {
             }
         };
         let principal = principal.audited_in(&state.db);
+        // Per-caller rate limit: one key or session cannot starve the others.
+        if let Err(not_until) = state.identity.api_rate.check_key(&principal.actor) {
+            use governor::clock::Clock;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            tracing::warn!(
+                actor = principal.actor.as_str(),
+                security_event = "api_rate_limited",
+                "API rate limit reached"
+            );
+            return Err(ApiError::rate_limited(wait.as_secs().saturating_add(1)));
+        }
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }

@@ -19,6 +19,7 @@
 //! | `signin_window_seconds` | `CAREBILL_SIGNIN_WINDOW_SECONDS` | 900 |
 //! | `signin_failures_per_account` | `CAREBILL_SIGNIN_FAILURES_PER_ACCOUNT` | 5 |
 //! | `signin_failures_per_address` | `CAREBILL_SIGNIN_FAILURES_PER_ADDRESS` | 20 |
+//! | `api_requests_per_second` | `CAREBILL_API_REQUESTS_PER_SECOND` | 1000 (per key or session) |
 //!
 //! `dual_control_threshold` is an amount in *major* units of the refund's or write-off's own
 //! currency (a decimal string such as `"500.00"`, or an integer). A refund or write-off above it
@@ -74,6 +75,9 @@ pub struct Config {
     pub signin_failures_per_account: usize,
     /// …and this many per client address, before 429.
     pub signin_failures_per_address: usize,
+    /// Requests per second one API key or session may make (bursts up to the same number);
+    /// beyond it, 429 with `Retry-After`.
+    pub api_requests_per_second: u32,
 }
 
 /// Deserializes a decimal setting from a string (`"500.00"`) or an integer (`500`); a TOML
@@ -122,6 +126,7 @@ impl Default for Config {
             signin_window_seconds: 900,
             signin_failures_per_account: 5,
             signin_failures_per_address: 20,
+            api_requests_per_second: 1000,
         }
     }
 }
@@ -255,6 +260,11 @@ impl Config {
                     .parse()
                     .map_err(|_| anyhow::anyhow!("{name} must be a whole number"))?;
             }
+        }
+        if let Some(v) = nonempty("CAREBILL_API_REQUESTS_PER_SECOND") {
+            self.api_requests_per_second = v.parse().map_err(|_| {
+                anyhow::anyhow!("CAREBILL_API_REQUESTS_PER_SECOND must be a whole number")
+            })?;
         }
         if let Some(v) = nonempty("CAREBILL_DUAL_CONTROL_THRESHOLD") {
             self.dual_control_threshold = parse_decimal_setting(&v)

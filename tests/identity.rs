@@ -743,3 +743,35 @@ both_backends!(
         app
     }
 );
+
+mod api_rate_limit {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn one_key_past_its_rate_gets_429_and_others_do_not() {
+        let app = TestApp::spawn_with(carebill::db::Backend::Sqlite, |c| {
+            c.api_requests_per_second = 3
+        })
+        .await;
+        let clerk = app.as_role("billing_clerk");
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(clerk.get("/v1/patients").await.unwrap().status);
+        }
+        assert!(statuses.contains(&429), "{statuses:?}");
+        let r = clerk.get_raw("/v1/patients").await.unwrap();
+        if r.status().as_u16() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        // Another caller has its own allowance.
+        assert_eq!(
+            app.as_role("front_desk")
+                .get("/v1/patients")
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        app.finish().await;
+    }
+}

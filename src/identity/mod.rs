@@ -17,10 +17,20 @@ use axum::Router;
 use crate::AppState;
 
 /// Identity settings and in-memory state shared by the handlers.
-#[derive(Debug)]
 pub struct Identity {
     pub sessions: sessions::SessionSettings,
     pub throttle: throttle::Throttle,
+    /// Per-caller request rate (keyed by key id, user id or guest).
+    pub api_rate: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("sessions", &self.sessions)
+            .field("throttle", &self.throttle)
+            .finish()
+    }
 }
 
 impl Identity {
@@ -35,6 +45,10 @@ impl Identity {
                 config.signin_failures_per_account,
                 config.signin_failures_per_address,
             ),
+            api_rate: governor::RateLimiter::keyed(governor::Quota::per_second(
+                std::num::NonZeroU32::new(config.api_requests_per_second)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            )),
         }
     }
 }
