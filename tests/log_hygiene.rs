@@ -106,14 +106,101 @@ async fn logs_carry_no_health_data_keys_or_payment_methods() {
         .get(&format!("/v1/patients?starting_after={}", secrets[4]))
         .await
         .unwrap();
+    // Sign-in material: a password (right and wrong), the session token, the TOTP secret and
+    // codes, recovery codes, a new API key's secret.
+    let admin_key = carebill::auth::create_api_key(&db, carebill::auth::Role::Admin)
+        .await
+        .unwrap()
+        .secret;
+    let admin = ApiClient::new(&base, &admin_key);
+    let password = "Quartermaine vaulted 88 zebras";
+    admin
+        .create("/v1/users", &json!({"email": "zq.staff@example.org", "role": "billing_clerk", "password": password}))
+        .await
+        .unwrap();
+    let wrong = c
+        .post(
+            "/v1/sessions",
+            &json!({"email": "zq.staff@example.org", "password": "Quartermaine wrong guess 77"}),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(wrong.status, 401);
+    let signin = c
+        .post(
+            "/v1/sessions",
+            &json!({"email": "zq.staff@example.org", "password": password}),
+            None,
+        )
+        .await
+        .unwrap();
+    let token = signin.body["token"].as_str().unwrap().to_owned();
+    let staff = ApiClient::new(&base, &token);
+    let enrol = staff
+        .post("/v1/sessions/mfa/enrollment", &json!({}), None)
+        .await
+        .unwrap();
+    let url = enrol.body["otpauth_url"].as_str().unwrap().to_owned();
+    let totp_secret = url
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("secret="))
+        .unwrap()
+        .to_owned();
+    let bytes = totp_rs::Secret::Encoded(totp_secret.clone())
+        .to_bytes()
+        .unwrap();
+    let code = totp_rs::TOTP::new_unchecked(
+        totp_rs::Algorithm::SHA1,
+        6,
+        1,
+        30,
+        bytes,
+        None,
+        String::new(),
+    )
+    .generate_current()
+    .unwrap();
+    let done = staff
+        .post(
+            "/v1/sessions/mfa/enrollment/confirm",
+            &json!({"code": code}),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, 200, "{}", done.body);
+    let active = done.body["token"].as_str().unwrap().to_owned();
+    let recovery = done.body["recovery_codes"][0].as_str().unwrap().to_owned();
+    let new_key_secret = admin
+        .create(
+            "/v1/api_keys",
+            &json!({"name": "gl", "scopes": ["ledger:read"]}),
+        )
+        .await
+        .unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     child.kill().unwrap();
     let _ = child.wait();
+    let mut secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+    secrets.extend([
+        password.to_owned(),
+        "Quartermaine wrong guess 77".to_owned(),
+        token,
+        active,
+        totp_secret,
+        recovery,
+        new_key_secret,
+        admin_key,
+    ]);
 
     let logs = std::fs::read_to_string(&log_path).unwrap();
     assert!(logs.contains("request finished"), "the server did log");
-    for s in secrets {
+    for s in &secrets {
         assert!(
-            !logs.contains(s),
+            !logs.contains(s.as_str()),
             "log contains a sensitive value ({} chars)",
             s.len()
         );
