@@ -91,6 +91,9 @@ pub struct CreatePatient {
     pub address: Option<Address>,
     /// Medical record number.
     pub mrn: Option<String>,
+    /// The facility (`fac_…`) whose staff see this patient. Staff bound to a facility always
+    /// create patients in their own.
+    pub facility: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -160,6 +163,7 @@ struct ValidPatient {
     phone: Option<String>,
     address_json: Option<String>,
     mrn: Option<String>,
+    facility: Option<String>,
 }
 
 impl CreatePatient {
@@ -189,6 +193,11 @@ impl CreatePatient {
                 .transpose()
                 .map_err(|e| ApiError::Internal(e.into()))?,
             mrn,
+            facility: self
+                .facility
+                .as_deref()
+                .map(|f| crate::ids::FacilityId::parse_param(f, "facility").map(String::from))
+                .transpose()?,
         })
     }
 }
@@ -241,7 +250,27 @@ pub async fn create_patient(
 ) -> ApiResult<Response> {
     principal.authorize(Action::PatientsWrite)?;
     let fingerprint_of = req.clone();
-    let valid = std::sync::Arc::new(req.validated()?);
+    let mut valid = req.validated()?;
+    if let Some(own) = principal.own_facility() {
+        if valid.facility.as_deref().is_some_and(|f| f != own.as_str()) {
+            return Err(ApiError::invalid(
+                "facility",
+                "facility_not_yours",
+                "Staff of a facility create patients in their own facility.",
+            ));
+        }
+        valid.facility = Some(own.as_str().to_owned());
+    }
+    if let Some(f) = &valid.facility {
+        let known: Option<String> = sqlx::query_scalar("SELECT id FROM facilities WHERE id = $1")
+            .bind(f)
+            .fetch_optional(&state.db.pool)
+            .await?;
+        if known.is_none() {
+            return Err(ApiError::not_found("facility", "facility"));
+        }
+    }
+    let valid = std::sync::Arc::new(valid);
     let st = state.clone();
     Ok(idempotency::run(&state, &principal, key, "POST /v1/patients", &fingerprint_of, |claim| async move {
         st.db
@@ -252,8 +281,8 @@ pub async fn create_patient(
                     let id = PatientId::generate();
                     let now = now_us();
                     sqlx::query(
-                        "INSERT INTO patients (id, name, date_of_birth, email, phone, address_json, mrn, created_at_us, updated_at_us) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                        "INSERT INTO patients (id, name, date_of_birth, email, phone, address_json, mrn, created_at_us, updated_at_us, facility_id) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
                     )
                     .bind(id.as_str())
                     .bind(&p.name)
@@ -263,6 +292,7 @@ pub async fn create_patient(
                     .bind(p.address_json.clone())
                     .bind(p.mrn.clone())
                     .bind(now)
+                    .bind(p.facility.clone())
                     .execute(&mut **tx)
                     .await?;
                     let patient = load(tx, &id).await?;

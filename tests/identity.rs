@@ -775,3 +775,100 @@ mod api_rate_limit {
         app.finish().await;
     }
 }
+
+both_backends!(
+    facility_staff_see_only_their_facility,
+    |app: TestApp| async move {
+        let admin = app.as_role("admin");
+        let north = admin
+            .create("/v1/facilities", &json!({"name": "North clinic"}))
+            .await
+            .unwrap();
+        let south = admin
+            .create("/v1/facilities", &json!({"name": "South clinic"}))
+            .await
+            .unwrap();
+        let mk = |facility: &Value| json!({"name": "Facility Patient", "date_of_birth": "1970-01-01", "facility": facility["id"]});
+        let pn = app.admin.create("/v1/patients", &mk(&north)).await.unwrap();
+        let ps = app.admin.create("/v1/patients", &mk(&south)).await.unwrap();
+        let (user, token, _, _) =
+            enrolled_staff(&app, "north.clerk@example.org", "billing_clerk").await;
+        let r = admin
+            .create(
+                &format!("/v1/users/{user}"),
+                &json!({"facility": north["id"]}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r["facility"], north["id"]);
+        assert_eq!(
+            get_with(
+                &app,
+                &format!("/v1/patients/{}", pn["id"].as_str().unwrap()),
+                &token
+            )
+            .await
+            .0,
+            200
+        );
+        assert_eq!(
+            get_with(
+                &app,
+                &format!("/v1/patients/{}", ps["id"].as_str().unwrap()),
+                &token
+            )
+            .await
+            .0,
+            404
+        );
+        let (_, list) = get_with(&app, "/v1/patients?limit=100", &token).await;
+        let ids: Vec<&str> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [pn["id"].as_str().unwrap()]);
+        // A patient they create lands in their facility; another facility is refused.
+        let (status, body, _) = post_json_keyed(
+            &app,
+            "/v1/patients",
+            &token,
+            json!({"name": "New Walk-in", "date_of_birth": "1990-05-05"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, _, _) = post_json_keyed(
+            &app,
+            "/v1/patients",
+            &token,
+            json!({"name": "Elsewhere", "date_of_birth": "1990-05-05", "facility": south["id"]}),
+        )
+        .await;
+        assert_eq!(status, 400);
+        let (_, list) = get_with(&app, "/v1/patients?limit=100", &token).await;
+        assert_eq!(list["data"].as_array().unwrap().len(), 2);
+        app
+    }
+);
+
+async fn post_json_keyed(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    body: Value,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = app
+        .admin
+        .http
+        .post(format!("{}{path}", app.base))
+        .bearer_auth(token)
+        .header("Idempotency-Key", new_key())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, r.json().await.unwrap_or(Value::Null), headers)
+}

@@ -37,6 +37,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/users/{id}/require_password_reset", post(require_reset))
         .route("/v1/patients/{id}/access_code", post(new_access_code))
         .route("/v1/security_events", get(list_security_events))
+        .route("/v1/facilities", post(create_facility).get(list_facilities))
 }
 
 #[derive(Deserialize)]
@@ -531,6 +532,47 @@ async fn list_security_events(
             "detail": r.try_get::<Option<String>, _>(6)?,
             "request_id": r.try_get::<Option<String>, _>(7)?,
         }));
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFacility {
+    pub name: String,
+}
+
+/// A facility: staff bound to it see only its patients.
+async fn create_facility(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(req): ApiJson<CreateFacility>,
+) -> ApiResult<Json<Value>> {
+    principal.authorize(Action::UsersManage)?;
+    let name = crate::api::text_field("name", &req.name, 200)?;
+    let id = FacilityId::generate();
+    sqlx::query("INSERT INTO facilities (id, name, created_at_us) VALUES ($1, $2, $3)")
+        .bind(id.as_str())
+        .bind(&name)
+        .bind(now_us())
+        .execute(&state.db.pool)
+        .await?;
+    Ok(Json(
+        json!({"id": id.as_str(), "object": "facility", "name": name}),
+    ))
+}
+
+async fn list_facilities(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> ApiResult<Json<Value>> {
+    principal.authorize(Action::UsersManage)?;
+    let rows = sqlx::query("SELECT id, name FROM facilities ORDER BY id")
+        .fetch_all(&state.db.pool)
+        .await?;
+    let mut data = Vec::with_capacity(rows.len());
+    for r in rows {
+        data.push(json!({"id": r.try_get::<String, _>(0)?, "object": "facility", "name": r.try_get::<String, _>(1)?}));
     }
     Ok(Json(json!({"object": "list", "data": data})))
 }
