@@ -1179,6 +1179,18 @@ pub async fn approve_adjustment(
                         approved_by = %approver,
                         "dual control: write-off approved by a second billing manager"
                     );
+                    let detail = format!("requested_by {}", held.requested_by);
+                    crate::identity::events::record_in(
+                        tx,
+                        crate::identity::events::Kind::ApprovalGranted,
+                        crate::identity::events::Event {
+                            actor: Some(approver.as_str()),
+                            subject: Some(held.id.as_str()),
+                            detail: Some(&detail),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                     let response = respond_adjustment(tx, &claim, &held.id).await?;
                     posting::post(tx, backend, entry).await?; // last: the contra account is hot
                     Ok(response)
@@ -1250,6 +1262,18 @@ pub async fn reject_adjustment(
                         rejected_by = %rejecter,
                         "dual control: write-off rejected"
                     );
+                    let detail = format!("requested_by {}", held.requested_by);
+                    crate::identity::events::record_in(
+                        tx,
+                        crate::identity::events::Kind::ApprovalRejected,
+                        crate::identity::events::Event {
+                            actor: Some(rejecter.as_str()),
+                            subject: Some(held.id.as_str()),
+                            detail: Some(&detail),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                     respond_adjustment(tx, &claim, &held.id).await
                 })
             })

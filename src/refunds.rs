@@ -465,6 +465,18 @@ async fn reserve(state: &AppState, claim: &MaybeClaim, req: &ValidRefund) -> Api
                         approval_reasons = %reasons,
                         "dual control: refund awaits a second billing manager's approval"
                     );
+                    let detail = format!("refund {id}: {reasons}");
+                    crate::identity::events::record_in(
+                        tx,
+                        crate::identity::events::Kind::ApprovalRequested,
+                        crate::identity::events::Event {
+                            actor: Some(req.requested_by.as_str()),
+                            subject: Some(id.as_str()),
+                            detail: Some(&detail),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                     return Ok(Reserved::Held(respond(tx, &claim, &id).await?));
                 }
                 idempotency::mark_processor_called(tx, &claim, id.as_str()).await?;
@@ -571,6 +583,18 @@ async fn approve(
                     approved_by = %approver,
                     "dual control: refund approved by a second billing manager"
                 );
+                let detail = format!("requested_by {}", refund.requested_by);
+                crate::identity::events::record_in(
+                    tx,
+                    crate::identity::events::Kind::ApprovalGranted,
+                    crate::identity::events::Event {
+                        actor: Some(approver.as_str()),
+                        subject: Some(id.as_str()),
+                        detail: Some(&detail),
+                        ..Default::default()
+                    },
+                )
+                .await?;
                 idempotency::mark_processor_called(tx, &claim, id.as_str()).await?;
                 Ok(None)
             })
@@ -645,6 +669,18 @@ pub async fn reject_refund(
                         rejected_by = %rejecter,
                         "dual control: refund rejected"
                     );
+                    let detail = format!("requested_by {}", refund.requested_by);
+                    crate::identity::events::record_in(
+                        tx,
+                        crate::identity::events::Kind::ApprovalRejected,
+                        crate::identity::events::Event {
+                            actor: Some(rejecter.as_str()),
+                            subject: Some(id.as_str()),
+                            detail: Some(&detail),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                     respond(tx, &claim, &id).await
                 })
             })

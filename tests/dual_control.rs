@@ -167,6 +167,23 @@ both_backends!(
         assert!(r.body["journal_entry"].is_string());
         assert_eq!(entries_of_refund(&app, &id).await, 1);
         assert_eq!(app.count("simulator_refunds").await, 1);
+        // Both names are in the security event log, with the decision.
+        let logged: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT kind, actor, detail FROM security_events WHERE subject = $1 ORDER BY seq",
+        )
+        .bind(id.as_str())
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(logged.len(), 2, "{logged:?}");
+        assert_eq!(logged[0].0, "approval_requested");
+        assert_eq!(logged[0].1.as_deref(), Some(a_id.as_str()));
+        assert_eq!(logged[1].0, "approval_granted");
+        assert_eq!(logged[1].1.as_deref(), Some(b_id.as_str()));
+        assert_eq!(
+            logged[1].2.as_deref(),
+            Some(format!("requested_by {a_id}").as_str())
+        );
         let p = get(&a, &format!("/v1/payments/{}", pay["id"].as_str().unwrap())).await;
         assert_eq!(p["amount_refunded"], 75_000);
         assert_eq!(p["amount_refundable"], 200_000 - 75_000);

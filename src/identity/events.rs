@@ -29,6 +29,10 @@ pub enum Kind {
     ApiKeyRevoked,
     GuestAccessGranted,
     GuestAccessFailed,
+    /// Dual control: a refund or write-off waits for a second billing manager.
+    ApprovalRequested,
+    ApprovalGranted,
+    ApprovalRejected,
 }
 
 impl Kind {
@@ -55,6 +59,9 @@ impl Kind {
             Kind::ApiKeyRevoked => "api_key_revoked",
             Kind::GuestAccessGranted => "guest_access_granted",
             Kind::GuestAccessFailed => "guest_access_failed",
+            Kind::ApprovalRequested => "approval_requested",
+            Kind::ApprovalGranted => "approval_granted",
+            Kind::ApprovalRejected => "approval_rejected",
         }
     }
 }
@@ -90,6 +97,29 @@ pub async fn record(db: &Db, kind: Kind, e: Event<'_>) -> Result<(), sqlx::Error
     .bind(e.detail)
     .bind(Some(current_request_id()).filter(|id| !id.is_empty()))
     .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Records `kind` inside `tx`: it commits or rolls back with the change it describes (dual
+/// control decisions, so both names are in the log exactly when the decision took effect).
+pub async fn record_in(
+    tx: &mut crate::db::Tx,
+    kind: Kind,
+    e: Event<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO security_events (at_us, kind, actor, subject, ip, detail, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(now_us())
+    .bind(kind.as_str())
+    .bind(e.actor)
+    .bind(e.subject)
+    .bind(e.ip)
+    .bind(e.detail)
+    .bind(Some(current_request_id()).filter(|id| !id.is_empty()))
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }
