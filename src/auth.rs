@@ -375,6 +375,70 @@ impl Principal {
         }
     }
 
+    /// Record-level rule for an invoice (by id): a no-op for callers without a patient or
+    /// facility limit; otherwise 404 unless the invoice's patient is visible.
+    pub async fn ensure_invoice_visible(
+        &self,
+        db: &Db,
+        invoice: &str,
+        param: &str,
+    ) -> Result<(), ApiError> {
+        if self.own_patient().is_none() && self.own_facility().is_none() {
+            return Ok(());
+        }
+        let patient: Option<String> =
+            sqlx::query_scalar("SELECT patient_id FROM invoices WHERE id = $1")
+                .bind(invoice)
+                .fetch_optional(&db.pool)
+                .await?;
+        match patient {
+            Some(p) => self.ensure_patient_visible(db, &p, param, "invoice").await,
+            None => Ok(()),
+        }
+    }
+
+    /// Record-level rule for a payment (by id), like [`Principal::ensure_invoice_visible`].
+    pub async fn ensure_payment_visible(
+        &self,
+        db: &Db,
+        payment: &str,
+        param: &str,
+    ) -> Result<(), ApiError> {
+        if self.own_patient().is_none() && self.own_facility().is_none() {
+            return Ok(());
+        }
+        let patient: Option<String> =
+            sqlx::query_scalar("SELECT patient_id FROM payments WHERE id = $1")
+                .bind(payment)
+                .fetch_optional(&db.pool)
+                .await?;
+        match patient {
+            Some(p) => self.ensure_patient_visible(db, &p, param, "payment").await,
+            None => Ok(()),
+        }
+    }
+
+    /// Record-level rule for a refund (by id), through its payment.
+    pub async fn ensure_refund_visible(
+        &self,
+        db: &Db,
+        refund: &str,
+        param: &str,
+    ) -> Result<(), ApiError> {
+        if self.own_patient().is_none() && self.own_facility().is_none() {
+            return Ok(());
+        }
+        let payment: Option<String> =
+            sqlx::query_scalar("SELECT payment_id FROM refunds WHERE id = $1")
+                .bind(refund)
+                .fetch_optional(&db.pool)
+                .await?;
+        match payment {
+            Some(p) => self.ensure_payment_visible(db, &p, param).await,
+            None => Ok(()),
+        }
+    }
+
     /// Filters for list queries: (`patient id` or "", `facility id` or "") this caller is
     /// limited to.
     pub fn list_limits(&self) -> (String, String) {

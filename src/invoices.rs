@@ -492,7 +492,11 @@ pub async fn create_invoice(
     ApiJson(req): ApiJson<CreateInvoice>,
 ) -> ApiResult<Response> {
     principal.authorize(Action::InvoicesWrite)?;
-    let valid = std::sync::Arc::new(req.validated()?);
+    let valid = req.validated()?;
+    principal
+        .ensure_patient_visible(&state.db, valid.patient.as_str(), "patient", "patient")
+        .await?;
+    let valid = std::sync::Arc::new(valid);
     let st = state.clone();
     Ok(idempotency::run(&state, &principal, key, "POST /v1/invoices", &req, |claim| async move {
         st.db
@@ -697,6 +701,9 @@ pub async fn finalize_invoice(
 ) -> ApiResult<Response> {
     principal.authorize(Action::InvoicesWrite)?;
     let id = path_invoice_id(&id)?;
+    principal
+        .ensure_invoice_visible(&state.db, id.as_str(), "id")
+        .await?;
     let route = format!("POST /v1/invoices/{id}/finalize");
     let st = state.clone();
     Ok(idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
@@ -751,6 +758,9 @@ pub async fn void_invoice(
 ) -> ApiResult<Response> {
     principal.authorize(Action::InvoicesWrite)?;
     let id = path_invoice_id(&id)?;
+    principal
+        .ensure_invoice_visible(&state.db, id.as_str(), "id")
+        .await?;
     let route = format!("POST /v1/invoices/{id}/void");
     let st = state.clone();
     Ok(idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
@@ -982,6 +992,9 @@ pub async fn create_adjustment(
         principal.authorize(Action::RefundsCreate)?;
     }
     let id = path_invoice_id(&id)?;
+    principal
+        .ensure_invoice_visible(&state.db, id.as_str(), "id")
+        .await?;
     let amount = amount_field("amount", req.amount)?;
     let reason = text_field("reason", &req.reason, REASON_CHARS_MAX)?;
     let route = format!("POST /v1/invoices/{id}/adjustments");
@@ -1122,6 +1135,9 @@ pub async fn approve_adjustment(
     principal.authorize(Action::InvoicesWrite)?;
     principal.authorize(Action::RefundsCreate)?;
     let id = path_invoice_id(&id)?;
+    principal
+        .ensure_invoice_visible(&state.db, id.as_str(), "id")
+        .await?;
     let adjustment = path_adjustment_id(&adjustment)?;
     let approver = principal.actor_id().to_owned();
     let route = format!("POST /v1/invoices/{id}/adjustments/{adjustment}/approve");
@@ -1219,6 +1235,9 @@ pub async fn reject_adjustment(
     principal.authorize(Action::InvoicesWrite)?;
     principal.authorize(Action::RefundsCreate)?;
     let id = path_invoice_id(&id)?;
+    principal
+        .ensure_invoice_visible(&state.db, id.as_str(), "id")
+        .await?;
     let adjustment = path_adjustment_id(&adjustment)?;
     let reason = text_field("reason", &req.reason, REASON_CHARS_MAX)?;
     let rejecter = principal.actor_id().to_owned();
@@ -1284,7 +1303,7 @@ pub async fn reject_adjustment(
 
 /// List the adjustments of an invoice, oldest first.
 #[utoipa::path(get, path = "/v1/invoices/{id}/adjustments", tag = "invoices", params(("id" = String, Path)),
-    responses((status = 200, body = List<Adjustment>)),
+    responses((status = 200, body = List<Adjustment>), (status = 404, description = "No such invoice")),
     security(("api_key" = [])))]
 pub async fn list_adjustments(
     State(state): State<AppState>,
@@ -1294,13 +1313,15 @@ pub async fn list_adjustments(
     principal.authorize(Action::InvoicesRead)?;
     let id = path_invoice_id(&id)?;
     let limit = crate::api::PAGE_SIZE_MAX;
-    let exists = sqlx::query("SELECT 1 AS one FROM invoices WHERE id = $1")
+    let patient: String = sqlx::query_scalar("SELECT patient_id FROM invoices WHERE id = $1")
         .bind(id.as_str())
         .fetch_optional(&state.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("id", "invoice"))?;
+    // Record-level rule: another patient's invoice (or another facility's) is "no such invoice".
+    principal
+        .ensure_patient_visible(&state.db, &patient, "id", "invoice")
         .await?;
-    if exists.is_none() {
-        return Err(ApiError::not_found("id", "invoice"));
-    }
     let rows = sqlx::query(&format!(
         "SELECT {ADJUSTMENT_COLUMNS} FROM adjustments WHERE invoice_id = $1 ORDER BY seq LIMIT $2"
     ))

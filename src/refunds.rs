@@ -266,7 +266,7 @@ fn payment_method_field(value: &str) -> Result<String, ApiError> {
 }
 
 /// Refund all or part of a succeeded payment. Requires an `Idempotency-Key` and the
-/// `billing_manager` (or `admin`) role. Above the dual-control threshold, or to another payment
+/// `billing_manager` role. Above the dual-control threshold, or to another payment
 /// method, the refund is created `pending_approval` and waits for a second billing manager.
 #[utoipa::path(post, path = "/v1/refunds", tag = "refunds", request_body = CreateRefund,
     params(("Idempotency-Key" = String, Header, description = "A UUID; required")),
@@ -282,6 +282,9 @@ pub async fn create_refund(
     principal.authorize(Action::RefundsCreate)?;
     let key = key.required()?;
     let payment = PaymentId::parse_param(&req.payment, "payment")?;
+    principal
+        .ensure_payment_visible(&state.db, payment.as_str(), "payment")
+        .await?;
     let amount = req
         .amount
         .map(|a| amount_field("amount", a).map(|a| a.get()))
@@ -507,6 +510,9 @@ pub async fn approve_refund(
     principal.authorize(Action::RefundsCreate)?;
     let key = key.required()?;
     let id = RefundId::parse_param(&id, "id")?;
+    principal
+        .ensure_refund_visible(&state.db, id.as_str(), "id")
+        .await?;
     let approver = principal.actor_id().to_owned();
     let route = format!("POST /v1/refunds/{id}/approve");
     let st = state.clone();
@@ -620,6 +626,9 @@ pub async fn reject_refund(
 ) -> ApiResult<Response> {
     principal.authorize(Action::RefundsCreate)?;
     let id = RefundId::parse_param(&id, "id")?;
+    principal
+        .ensure_refund_visible(&state.db, id.as_str(), "id")
+        .await?;
     let reason = text_field("reason", &req.reason, REJECTION_REASON_CHARS_MAX)?;
     let rejecter = principal.actor_id().to_owned();
     let route = format!("POST /v1/refunds/{id}/reject");
@@ -910,6 +919,9 @@ pub async fn get_refund(
 ) -> ApiResult<Json<Refund>> {
     principal.authorize(Action::RefundsRead)?;
     let id = RefundId::parse_param(&id, "id")?;
+    principal
+        .ensure_refund_visible(&state.db, id.as_str(), "id")
+        .await?;
     let row = sqlx::query(&format!(
         "SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1"
     ))

@@ -848,6 +848,36 @@ both_backends!(
         assert_eq!(status, 400);
         let (_, list) = get_with(&app, "/v1/patients?limit=100", &token).await;
         assert_eq!(list["data"].as_array().unwrap().len(), 2);
+        // Writes on another facility's records are refused the same way (404).
+        let south_draft = app
+            .draft_invoice_for(ps["id"].as_str().unwrap(), "usd", 1000)
+            .await;
+        let draft_id = south_draft["id"].as_str().unwrap();
+        let (status, _, _) = post_json_keyed(
+            &app,
+            &format!("/v1/invoices/{draft_id}/finalize"),
+            &token,
+            json!({}),
+        )
+        .await;
+        assert_eq!(status, 404);
+        let (status, _, _) = post_json_keyed(
+            &app,
+            "/v1/invoices",
+            &token,
+            json!({"patient": ps["id"], "currency": "usd", "due_date": "2030-01-31",
+                   "lines": [{"service_date": "2026-01-15", "code": "99213", "description": "Visit", "quantity": 1, "unit_amount": 100}]}),
+        )
+        .await;
+        assert_eq!(status, 404);
+        let (status, _, _) = post_json_keyed(
+            &app,
+            &format!("/v1/invoices/{draft_id}/adjustments"),
+            &token,
+            json!({"kind": "discount", "amount": 10, "reason": "x"}),
+        )
+        .await;
+        assert_eq!(status, 404);
         app
     }
 );

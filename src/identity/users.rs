@@ -352,6 +352,15 @@ async fn set_password(
 ) -> ApiResult<Json<Value>> {
     principal.authorize(Action::UsersManage)?;
     let (id, row) = load_user(&state, &id).await?;
+    // An admin sets staff passwords only: setting a patient's would let the admin sign in as
+    // the patient and read their bills, which the admin role must not.
+    if row.try_get::<String, _>("role")? == Role::Patient.as_str() {
+        return Err(ApiError::invalid(
+            "id",
+            "patient_account",
+            "A patient sets their own password; require a reset instead.",
+        ));
+    }
     let email: String = row.try_get("email")?;
     store_password(&state, &id, &email, req.password).await?;
     events::record(
