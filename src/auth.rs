@@ -564,6 +564,9 @@ impl FromRequestParts<AppState> for Principal {
             }
         };
         let principal = principal.audited_in(&state.db);
+        if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
+            slot.set_actor(&principal.actor);
+        }
         // Per-caller rate limit: one key or session cannot starve the others.
         if let Err(not_until) = state.identity.api_rate.check_key(&principal.actor) {
             use governor::clock::Clock;

@@ -55,6 +55,11 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// The audit trail: verify its hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Export the ledger for an accounting system (CSV, JSON Lines, Beancount, hledger).
     Export(crate::export::ExportArgs),
     /// Benchmark payments per second against pgbench on the same PostgreSQL server.
@@ -70,6 +75,12 @@ pub enum ApikeyCommand {
         #[arg(long, value_enum)]
         role: Role,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Seal what can be sealed, then walk the chain; exit 1 naming the first broken record.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,6 +146,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 anyhow::bail!("{} ledger invariant violations", violations.len())
             }
+        }
+        Command::Audit {
+            command: AuditCommand::Verify,
+        } => {
+            let db = crate::db::Db::connect(&config.database_url).await?;
+            crate::db::migrate(&db).await?;
+            crate::audit::seal_once(&db).await?;
+            let v = crate::audit::verify(&db).await?;
+            println!(
+                "audit trail intact: {} records sealed, {} not yet sealed, head {}",
+                v.sealed, v.unsealed, v.head
+            );
+            Ok(())
         }
         Command::Export(args) => {
             let db = crate::db::Db::connect(&config.database_url).await?;

@@ -27,6 +27,7 @@
 //! | [`demo`] | `carebill up`: billing, a vault child process and a seeded demo |
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod cli;
@@ -64,4 +65,6 @@ pub struct AppState {
     pub vault: Option<vault::VaultClient>,
     /// Session settings and sign-in throttling.
     pub identity: Arc<identity::Identity>,
+    /// The audit trail's queue (written and sealed in the background).
+    pub audit: audit::AuditSink,
 }

@@ -37,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::ledger::router())
         .merge(crate::export::router())
         .merge(crate::identity::router())
+        .merge(crate::audit::router())
         .route("/v1/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -52,18 +53,35 @@ pub fn app(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .with_state(state)
 }
 
 /// Gives the request an id, a tracing span and a task-local for error bodies.
-async fn request_context(request: Request, next: Next) -> Response {
+async fn request_context(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let request_id = format!("req_{}", random_base62(20));
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    // The audit record of this request: the principal extractor fills in the caller.
+    let audited = request.uri().path().starts_with("/v1/") && route != "/v1/openapi.json";
+    let slot = crate::audit::AuditSlot::default();
+    request.extensions_mut().insert(slot.clone());
+    let method = request.method().to_string();
+    let resource = crate::audit::resource_of(request.uri().path(), request.uri().query());
+    let ip = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
     let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), route = %route);
     let started = std::time::Instant::now();
     let mut response = tracing::Instrument::instrument(
@@ -82,6 +100,20 @@ async fn request_context(request: Request, next: Next) -> Response {
         response.headers_mut().insert("request-id", value);
     }
     security_headers(response.headers_mut());
+    if audited {
+        state
+            .audit
+            .record(crate::audit::Record {
+                at_us: crate::db::now_us(),
+                actor: slot.actor(),
+                action: format!("{method} {route}"),
+                resource,
+                ip,
+                outcome: i64::from(response.status().as_u16()),
+                request_id: Some(request_id),
+            })
+            .await;
+    }
     response
 }
 
@@ -164,12 +196,14 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     // The dummy password hash and the common-password list, built before the first sign-in
     // (so the first unknown-user attempt takes no longer than any other).
     tokio::task::spawn_blocking(crate::identity::password::warm_up);
+    let audit = crate::audit::AuditSink::start(db.clone());
     Ok(AppState {
         db,
         config: Arc::new(config),
         processor,
         vault,
         identity,
+        audit,
     })
 }
 

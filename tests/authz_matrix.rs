@@ -180,6 +180,7 @@ const TABLE: &[Rule] = &[
     rule("POST",   "/v1/users/{id}/require_password_reset",                "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
     rule("POST",   "/v1/patients/{id}/access_code",                        "",              [U,  D,   D,    A,   A,    A,   D,   D,   D,    D]),
     rule("GET",    "/v1/security_events",                                  "",              [U,  D,   NA,   D,   D,    D,   D,   A,   A,    D]),
+    rule("GET",    "/v1/audit_events",                                     "",              [U,  D,   NA,   D,   D,    D,   D,   A,   A,    D]),
     rule("POST",   "/v1/facilities",                                       "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
     rule("GET",    "/v1/facilities",                                       "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
     // API keys: the admin's.
@@ -1015,6 +1016,7 @@ fn call_for(fx: &Fixtures, rule: &Rule, owner: Owner) -> Result<Option<Call>, St
             json!({}),
         )),
         ("GET", "/v1/security_events", "") => own_only(Call::get("/v1/security_events?limit=1")),
+        ("GET", "/v1/audit_events", "") => own_only(Call::get("/v1/audit_events?limit=1")),
         ("POST", "/v1/facilities", "") => own_only(Call::post(
             "/v1/facilities",
             json!({"name": "Matrix Clinic"}),

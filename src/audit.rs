@@ -1,0 +1,449 @@
+//! The audit trail: who did what to which resource, when, from where, with what outcome —
+//! one record per API request, never the data itself.
+//!
+//! - **Capture**: the request middleware gives each request an [`AuditSlot`]; the principal
+//!   extractor fills in the caller. After the handler answers, the middleware queues the record
+//!   (action = method and route template, resource = the ids in the path and the `patient` /
+//!   `invoice` / `payment` query parameters, outcome = HTTP status).
+//! - **Writing**: a background writer inserts queued records in batches (at most every 20 ms),
+//!   so a read costs no write transaction of its own. The queue is bounded: when it is full,
+//!   requests wait — a record is never dropped.
+//! - **Sealing**: a background sealer chains records into `audit_seals`: each seal is SHA-256
+//!   over the previous seal and the record's canonical content. A sequence number a rolled-back
+//!   insert never used is sealed as a `gap` once it is 10 s old. No request waits on the chain.
+//! - **Verifying**: [`verify`] (`carebill audit verify`) walks the seals and names the first
+//!   record that was edited, deleted, reordered or slipped in under the seals.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::TryStreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tokio::sync::mpsc;
+
+use crate::api::{parse_limit, timestamp_field};
+use crate::auth::{Action, Principal};
+use crate::db::{now_us, us_to_rfc3339, Db};
+use crate::error::ApiResult;
+use crate::AppState;
+
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Records queued for the writer before requests wait.
+const QUEUE_MAX: usize = 10_000;
+const BATCH_MAX: usize = 500;
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+const SEAL_EVERY: Duration = Duration::from_millis(500);
+/// A missing sequence number older than this is a rolled-back insert: sealed as a gap.
+const GAP_GRACE_US: i64 = 10_000_000;
+
+/// One audit record before it is written.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub at_us: i64,
+    pub actor: Option<String>,
+    pub action: String,
+    pub resource: Option<String>,
+    pub ip: Option<String>,
+    pub outcome: i64,
+    pub request_id: Option<String>,
+}
+
+/// Set per request by the middleware; the principal extractor writes the caller into it.
+#[derive(Debug, Clone, Default)]
+pub struct AuditSlot(pub Arc<Mutex<Option<String>>>);
+
+impl AuditSlot {
+    pub fn set_actor(&self, actor: &str) {
+        if let Ok(mut a) = self.0.lock() {
+            *a = Some(actor.to_owned());
+        }
+    }
+
+    pub fn actor(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|a| a.clone())
+    }
+}
+
+/// The queue to the writer.
+#[derive(Debug, Clone)]
+pub struct AuditSink {
+    tx: mpsc::Sender<Record>,
+}
+
+impl AuditSink {
+    /// Starts the writer and the sealer for `db`.
+    pub fn start(db: Db) -> AuditSink {
+        let (tx, rx) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(writer(db.clone(), rx));
+        tokio::spawn(sealer(db));
+        AuditSink { tx }
+    }
+
+    /// Queues `record`; waits when the queue is full (never drops).
+    pub async fn record(&self, record: Record) {
+        if self.tx.send(record).await.is_err() {
+            tracing::error!("audit writer stopped; record lost");
+        }
+    }
+}
+
+async fn writer(db: Db, mut rx: mpsc::Receiver<Record>) {
+    let mut batch: Vec<Record> = Vec::with_capacity(BATCH_MAX);
+    loop {
+        let Some(first) = rx.recv().await else { return };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
+        while batch.len() < BATCH_MAX {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => batch.push(r),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match insert_batch(&db, &batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, records = batch.len(), "audit batch not written; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+async fn insert_batch(db: &Db, batch: &[Record]) -> Result<(), sqlx::Error> {
+    let values = (0..batch.len())
+        .map(|i| {
+            let b = i * 7;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO audit_events (at_us, actor, action, resource, ip, outcome, request_id) VALUES {values}"
+    );
+    let mut q = sqlx::query(&sql);
+    for r in batch {
+        q = q
+            .bind(r.at_us)
+            .bind(r.actor.clone())
+            .bind(r.action.clone())
+            .bind(r.resource.clone())
+            .bind(r.ip.clone())
+            .bind(r.outcome)
+            .bind(r.request_id.clone());
+    }
+    let mut tx = db.begin_write().await?;
+    q.execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// The canonical content of a record, hashed with the previous seal.
+fn seal_hash(prev: &str, seq: i64, kind: &str, fields: &[Option<String>]) -> String {
+    let mut h = Sha256::new();
+    let seq = seq.to_be_bytes();
+    for part in [prev.as_bytes(), &seq, kind.as_bytes()] {
+        h.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
+        h.update(part);
+    }
+    for f in fields {
+        match f {
+            Some(v) => {
+                h.update([1u8]);
+                h.update(u64::try_from(v.len()).unwrap_or(u64::MAX).to_be_bytes());
+                h.update(v.as_bytes());
+            }
+            None => h.update([0u8]),
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+fn event_fields(r: &sqlx::any::AnyRow) -> Result<(i64, Vec<Option<String>>), sqlx::Error> {
+    let seq: i64 = r.try_get("seq")?;
+    let at: i64 = r.try_get("at_us")?;
+    let outcome: i64 = r.try_get("outcome")?;
+    Ok((
+        seq,
+        vec![
+            Some(at.to_string()),
+            r.try_get("actor")?,
+            Some(r.try_get("action")?),
+            r.try_get("resource")?,
+            r.try_get("ip")?,
+            Some(outcome.to_string()),
+            r.try_get("request_id")?,
+        ],
+    ))
+}
+
+const EVENT_COLUMNS: &str = "seq, at_us, actor, action, resource, ip, outcome, request_id";
+
+async fn sealer(db: Db) {
+    loop {
+        tokio::time::sleep(SEAL_EVERY).await;
+        if let Err(e) = seal_once(&db).await {
+            tracing::warn!(error = %e, "audit sealing pass failed; will retry");
+        }
+    }
+}
+
+/// Seals every record that can be sealed now; returns how many seals were written.
+pub async fn seal_once(db: &Db) -> anyhow::Result<usize> {
+    let mut tx = db.begin_write().await?;
+    let last = sqlx::query("SELECT seq, hash FROM audit_seals ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *tx)
+        .await?;
+    let (mut last_seq, mut prev) = match last {
+        Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?),
+        None => (0, GENESIS.to_owned()),
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT 1000"
+    ))
+    .bind(last_seq)
+    .fetch_all(&mut *tx)
+    .await?;
+    let now = now_us();
+    let mut sealed = 0;
+    for r in &rows {
+        let (seq, fields) = event_fields(r)?;
+        let at: i64 = r.try_get("at_us")?;
+        // Numbers skipped before this one: rolled back, or not yet committed. Seal them as
+        // gaps only once the record after them is old enough that they cannot still commit.
+        while last_seq + 1 < seq {
+            if now - at < GAP_GRACE_US {
+                tx.commit().await?;
+                return Ok(sealed);
+            }
+            last_seq += 1;
+            prev = seal_hash(&prev, last_seq, "gap", &[]);
+            insert_seal(&mut tx, last_seq, "gap", &prev, now).await?;
+            sealed += 1;
+        }
+        prev = seal_hash(&prev, seq, "event", &fields);
+        insert_seal(&mut tx, seq, "event", &prev, now).await?;
+        last_seq = seq;
+        sealed += 1;
+    }
+    tx.commit().await?;
+    Ok(sealed)
+}
+
+async fn insert_seal(
+    tx: &mut crate::db::Tx,
+    seq: i64,
+    kind: &str,
+    hash: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO audit_seals (seq, kind, hash, sealed_at_us) VALUES ($1, $2, $3, $4)")
+        .bind(seq)
+        .bind(kind)
+        .bind(hash)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub sealed: i64,
+    pub unsealed: i64,
+    pub head: String,
+}
+
+/// Walks the chain from the first seal. Fails naming the first record that does not match.
+pub async fn verify(db: &Db) -> anyhow::Result<Verified> {
+    let mut conn = db.pool.acquire().await?;
+    let sql = format!(
+        "SELECT s.seq AS seal_seq, s.kind, s.hash, e.{} FROM audit_seals s \
+         LEFT JOIN audit_events e ON e.seq = s.seq ORDER BY s.seq",
+        EVENT_COLUMNS.replace(", ", ", e.")
+    );
+    let mut rows = sqlx::query(&sql).fetch(&mut *conn);
+    let mut prev = GENESIS.to_owned();
+    let mut expected = 1i64;
+    let mut sealed = 0i64;
+    while let Some(r) = rows.try_next().await? {
+        let seq: i64 = r.try_get("seal_seq")?;
+        let kind: String = r.try_get("kind")?;
+        let hash: String = r.try_get("hash")?;
+        anyhow::ensure!(
+            seq == expected,
+            "audit record {expected}: its seal is missing"
+        );
+        let present = r.try_get::<Option<i64>, _>("seq")?.is_some();
+        let recomputed = match (kind.as_str(), present) {
+            ("event", true) => seal_hash(&prev, seq, "event", &event_fields(&r)?.1),
+            ("event", false) => anyhow::bail!("audit record {seq}: deleted (sealed, now missing)"),
+            ("gap", false) => seal_hash(&prev, seq, "gap", &[]),
+            _ => anyhow::bail!(
+                "audit record {seq}: present where a gap was sealed (inserted afterwards)"
+            ),
+        };
+        anyhow::ensure!(
+            recomputed == hash,
+            "audit record {seq}: altered (its content or the chain before it does not match its seal)"
+        );
+        prev = hash;
+        expected = seq + 1;
+        sealed += 1;
+    }
+    drop(rows);
+    let unsealed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE seq >= $1")
+        .bind(expected)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Verified {
+        sealed,
+        unsealed,
+        head: prev,
+    })
+}
+
+/// The ids a request names: path segments and id-valued query parameters. Only ids, checked
+/// against the id alphabet, never other values (a name or card number in a query string must
+/// not reach the trail).
+pub fn resource_of(path: &str, query: Option<&str>) -> Option<String> {
+    let looks_like_id = |s: &str| {
+        let Some((prefix, rest)) = s.split_once('_') else {
+            return false;
+        };
+        (2..=5).contains(&prefix.len())
+            && prefix.bytes().all(|b| b.is_ascii_lowercase())
+            && (8..=64).contains(&rest.len())
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    let mut ids: Vec<String> = path
+        .split('/')
+        .filter(|s| looks_like_id(s))
+        .map(str::to_owned)
+        .collect();
+    if let Some(q) = query {
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            if matches!(k.as_ref(), "patient" | "invoice" | "payment" | "account")
+                && looks_like_id(&v)
+            {
+                ids.push(v.into_owned());
+            }
+        }
+    }
+    (!ids.is_empty()).then(|| ids.join(" "))
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/audit_events", get(list_events))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// An id the request named (patient, invoice, payment…).
+    pub resource: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// The auditor's query: by actor, action, resource (a patient id finds every request that
+/// named it) and time range, newest first.
+async fn list_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    principal.authorize(Action::AuditRead)?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let from = q
+        .from
+        .as_deref()
+        .map(|t| timestamp_field("from", t))
+        .transpose()?;
+    let to =
+        q.to.as_deref()
+            .map(|t| timestamp_field("to", t))
+            .transpose()?;
+    let resource = q.resource.clone().unwrap_or_default();
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM audit_events \
+         WHERE ($1 = '' OR actor = $1) AND ($2 = '' OR action = $2) \
+           AND ($3 = '' OR resource = $3 OR resource LIKE $4 OR resource LIKE $5 OR resource LIKE $6) \
+           AND at_us >= $7 AND at_us <= $8 ORDER BY seq DESC LIMIT $9"
+    ))
+    .bind(q.actor.clone().unwrap_or_default())
+    .bind(q.action.clone().unwrap_or_default())
+    .bind(&resource)
+    .bind(format!("{resource} %"))
+    .bind(format!("% {resource}"))
+    .bind(format!("% {resource} %"))
+    .bind(from.unwrap_or(0))
+    .bind(to.unwrap_or(i64::MAX))
+    .bind(limit)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let mut data = Vec::with_capacity(rows.len());
+    for r in rows {
+        data.push(json!({
+            "seq": r.try_get::<i64, _>("seq")?,
+            "at": us_to_rfc3339(r.try_get("at_us")?),
+            "actor": r.try_get::<Option<String>, _>("actor")?,
+            "action": r.try_get::<String, _>("action")?,
+            "resource": r.try_get::<Option<String>, _>("resource")?,
+            "ip": r.try_get::<Option<String>, _>("ip")?,
+            "outcome": r.try_get::<i64, _>("outcome")?,
+            "request_id": r.try_get::<Option<String>, _>("request_id")?,
+        }));
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_are_ids_only() {
+        assert_eq!(
+            resource_of(
+                "/v1/invoices/inv_AbCdEfGh12345678/adjustments",
+                Some("limit=5")
+            ),
+            Some("inv_AbCdEfGh12345678".to_owned())
+        );
+        assert_eq!(
+            resource_of(
+                "/v1/payments",
+                Some("patient=pat_AbCdEfGh12345678&name=Jane")
+            ),
+            Some("pat_AbCdEfGh12345678".to_owned())
+        );
+        assert_eq!(
+            resource_of("/v1/patients", Some("patient=4242424242424242")),
+            None
+        );
+        assert_eq!(resource_of("/v1/ledger/trial-balance", None), None);
+    }
+}
