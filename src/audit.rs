@@ -223,46 +223,48 @@ pub async fn seal_once(db: &Db) -> anyhow::Result<usize> {
     .fetch_all(&mut *tx)
     .await?;
     let now = now_us();
-    let mut sealed = 0;
-    for r in &rows {
+    let mut seals: Vec<(i64, &'static str, String)> = Vec::new();
+    'records: for r in &rows {
         let (seq, fields) = event_fields(r)?;
         let at: i64 = r.try_get("at_us")?;
         // Numbers skipped before this one: rolled back, or not yet committed. Seal them as
         // gaps only once the record after them is old enough that they cannot still commit.
         while last_seq + 1 < seq {
             if now - at < GAP_GRACE_US {
-                tx.commit().await?;
-                return Ok(sealed);
+                break 'records;
             }
             last_seq += 1;
             prev = seal_hash(&prev, last_seq, "gap", &[]);
-            insert_seal(&mut tx, last_seq, "gap", &prev, now).await?;
-            sealed += 1;
+            seals.push((last_seq, "gap", prev.clone()));
         }
         prev = seal_hash(&prev, seq, "event", &fields);
-        insert_seal(&mut tx, seq, "event", &prev, now).await?;
+        seals.push((seq, "event", prev.clone()));
         last_seq = seq;
-        sealed += 1;
+    }
+    // Multi-row inserts: one round trip per few hundred seals.
+    for chunk in seals.chunks(250) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                format!(
+                    "(${}, ${}, ${}, ${})",
+                    i * 4 + 1,
+                    i * 4 + 2,
+                    i * 4 + 3,
+                    i * 4 + 4
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql =
+            format!("INSERT INTO audit_seals (seq, kind, hash, sealed_at_us) VALUES {values}");
+        let mut q = sqlx::query(&sql);
+        for (seq, kind, hash) in chunk {
+            q = q.bind(*seq).bind(*kind).bind(hash.clone()).bind(now);
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(sealed)
-}
-
-async fn insert_seal(
-    tx: &mut crate::db::Tx,
-    seq: i64,
-    kind: &str,
-    hash: &str,
-    now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO audit_seals (seq, kind, hash, sealed_at_us) VALUES ($1, $2, $3, $4)")
-        .bind(seq)
-        .bind(kind)
-        .bind(hash)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    Ok(seals.len())
 }
 
 /// What [`verify`] found.
@@ -446,4 +448,90 @@ mod tests {
         );
         assert_eq!(resource_of("/v1/ledger/trial-balance", None), None);
     }
+}
+
+/// `carebill bench-audit`: how fast the writer's batches land and the sealer chains them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchAuditArgs {
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub admin_url: String,
+    /// Records to write and seal.
+    #[arg(long, default_value_t = 100_000)]
+    pub records: usize,
+    #[arg(long, value_enum, default_value = "both")]
+    pub backend: crate::bench::BenchBackend,
+}
+
+pub async fn bench(args: BenchAuditArgs) -> anyhow::Result<()> {
+    let mut targets = Vec::new();
+    if matches!(
+        args.backend,
+        crate::bench::BenchBackend::Postgres | crate::bench::BenchBackend::Both
+    ) {
+        targets
+            .push(crate::bench::fresh_pg_database(&args.admin_url, "carebill_bench_audit").await?);
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "carebill-bench-audit-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    if matches!(
+        args.backend,
+        crate::bench::BenchBackend::Sqlite | crate::bench::BenchBackend::Both
+    ) {
+        std::fs::create_dir_all(&dir)?;
+        targets.push(format!("sqlite://{}/audit.db", dir.display()));
+    }
+    println!(
+        "{:<9} {:>10} {:>16} {:>16}",
+        "backend", "records", "written/s", "sealed/s"
+    );
+    for url in targets {
+        let db = Db::connect(&url).await?;
+        crate::db::migrate(&db).await?;
+        let record = Record {
+            at_us: now_us(),
+            actor: Some("key_benchbenchbenchbench".to_owned()),
+            action: "GET /v1/patients/{id}".to_owned(),
+            resource: Some("pat_benchbenchbenchbench".to_owned()),
+            ip: Some("127.0.0.1".to_owned()),
+            outcome: 200,
+            request_id: Some("req_benchbenchbenchbench".to_owned()),
+        };
+        let batch = vec![record; BATCH_MAX];
+        let started = std::time::Instant::now();
+        let mut written = 0;
+        while written < args.records {
+            insert_batch(&db, &batch).await?;
+            written += BATCH_MAX;
+        }
+        let write_secs = started.elapsed().as_secs_f64();
+        let started = std::time::Instant::now();
+        let mut sealed = 0;
+        loop {
+            let n = seal_once(&db).await?;
+            if n == 0 {
+                break;
+            }
+            sealed += n;
+        }
+        let seal_secs = started.elapsed().as_secs_f64();
+        let v = verify(&db).await?;
+        anyhow::ensure!(v.unsealed == 0, "records left unsealed");
+        println!(
+            "{:<9} {:>10} {:>16.0} {:>16.0}",
+            db.backend.name(),
+            sealed,
+            per_second(written, write_secs),
+            per_second(sealed, seal_secs)
+        );
+        db.pool.close().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[allow(clippy::as_conversions, clippy::cast_precision_loss)] // display only
+fn per_second(n: usize, secs: f64) -> f64 {
+    n as f64 / secs
 }

@@ -66,6 +66,8 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Benchmark ledger export (rows per second, peak memory) against PostgreSQL's COPY.
     BenchExport(crate::export::bench::BenchExportArgs),
+    /// Benchmark the audit trail's batch writer and sealer (records per second).
+    BenchAudit(crate::audit::BenchAuditArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,5 +169,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(args) => crate::bench::run(args).await,
         Command::BenchExport(args) => crate::export::bench::run(args).await,
+        Command::BenchAudit(args) => crate::audit::bench(args).await,
     }
 }
