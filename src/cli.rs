@@ -83,6 +83,15 @@ pub enum ApikeyCommand {
 pub enum AuditCommand {
     /// Seal what can be sealed, then walk the chain; exit 1 naming the first broken record.
     Verify,
+    /// Stream the trail for a SIEM, to standard output.
+    Export {
+        /// RFC 3339 time or YYYY-MM-DD; default: everything.
+        #[arg(long)]
+        since: Option<String>,
+        /// jsonl or syslog (RFC 5424).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +169,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "audit trail intact: {} records sealed, {} not yet sealed, head {}",
                 v.sealed, v.unsealed, v.head
             );
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Export { since, format },
+        } => {
+            let syslog = match format.as_str() {
+                "jsonl" => false,
+                "syslog" => true,
+                _ => anyhow::bail!("--format must be jsonl or syslog"),
+            };
+            let since_us = match since.as_deref() {
+                Some(s) => crate::api::timestamp_field("since", s)
+                    .map_err(|e| anyhow::anyhow!("{}", e.client_message()))?,
+                None => 0,
+            };
+            let db = crate::db::Db::connect(&config.database_url).await?;
+            crate::db::migrate(&db).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            let n = crate::audit::export(&db, since_us, syslog, &mut out).await?;
+            std::io::Write::flush(&mut out)?;
+            eprintln!("exported {n} audit records");
             Ok(())
         }
         Command::Export(args) => {

@@ -186,3 +186,68 @@ both_backends!(
         app
     }
 );
+
+both_backends!(
+    the_cli_verifies_and_exports_for_a_siem,
+    |app: TestApp| async move {
+        some_traffic(&app).await;
+        written_and_sealed(&app, 6).await;
+        let url = app.state().config.database_url.clone();
+        let run = |args: &[&str]| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_carebill"))
+                .args(args)
+                .env("DATABASE_URL", &url)
+                .env_remove("CAREBILL_CONFIG")
+                .output()
+                .unwrap()
+        };
+        let out = run(&["audit", "verify"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("audit trail intact"));
+        let records = app.count("audit_events").await;
+        let out = run(&["audit", "export", "--format", "syslog"]);
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(i64::try_from(lines.len()).unwrap(), records);
+        for line in &lines {
+            // RFC 5424: <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [SD] MSG
+            assert!(line.starts_with("<110>1 20"), "{line}");
+            assert!(
+                line.contains(" carebill - audit [audit@32473 seq=\""),
+                "{line}"
+            );
+        }
+        let out = run(&[
+            "audit",
+            "export",
+            "--format",
+            "jsonl",
+            "--since",
+            "2000-01-01",
+        ]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            assert!(v["action"].as_str().unwrap().starts_with(['G', 'P', 'D']));
+        }
+        // Tampered: the CLI names the record and exits non-zero.
+        unguard(&app).await;
+        sqlx::query("UPDATE audit_events SET outcome = 200 WHERE seq = 2")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE audit_events SET ip = '10.9.9.9' WHERE seq = 2")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        let out = run(&["audit", "verify"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("audit record 2"));
+        app
+    }
+);
