@@ -113,20 +113,29 @@ pub fn redact(bytes: &[u8]) -> Vec<u8> {
             if bytes.get(i).is_some_and(u8::is_ascii_digit) {
                 let mut digits = Vec::new();
                 let mut j = i;
+                let (mut group, mut longest_group, mut grouped) = (0usize, 0usize, false);
                 while let Some(b) = bytes.get(j).copied() {
                     if b.is_ascii_digit() {
                         digits.push(b - b'0');
+                        group += 1;
+                        longest_group = longest_group.max(group);
                         j += 1;
                     } else if (b == b' ' || b == b'-')
                         && bytes.get(j + 1).is_some_and(u8::is_ascii_digit)
                         && j > i
                     {
+                        grouped = true;
+                        group = 0;
                         j += 1;
                     } else {
                         break;
                     }
                 }
-                let bounded = !bytes.get(j).copied().is_some_and(is_word);
+                // Cards are printed whole or in groups of 4 to 6: not a UUID's 8-4-4 digits.
+                let uuid_like = (grouped && longest_group > 6)
+                    || (bytes.get(j) == Some(&b'-')
+                        && bytes.get(j + 1).copied().is_some_and(is_word));
+                let bounded = !uuid_like && !bytes.get(j).copied().is_some_and(is_word);
                 if bounded && (12..=19).contains(&digits.len()) && luhn(&digits) {
                     out.extend_from_slice(b"[card number redacted]");
                     i = j;
@@ -175,6 +184,7 @@ mod tests {
             "pay_4242424242424242 is an id, not a number",
             "2026-11-28T19:04:05.123456Z",
             "cbk_ alone",
+            "idempotency_key 26078457-3291-4024-b16b-a3ec48446219",
         ] {
             assert_eq!(r(line), line);
         }

@@ -44,10 +44,13 @@ pub fn find_pans(bytes: &[u8]) -> Vec<Finding> {
         // Collect digits, allowing a single space or dash between digits.
         let mut digits: Vec<u8> = Vec::new();
         let mut j = i;
+        let (mut group, mut longest_group, mut grouped) = (0usize, 0usize, false);
         while j < bytes.len() {
             match bytes.get(j).copied() {
                 Some(b) if b.is_ascii_digit() => {
                     digits.push(b - b'0');
+                    group += 1;
+                    longest_group = longest_group.max(group);
                     j += 1;
                 }
                 Some(b' ') | Some(b'-')
@@ -55,12 +58,19 @@ pub fn find_pans(bytes: &[u8]) -> Vec<Finding> {
                         && j > i
                         && bytes.get(j - 1).is_some_and(u8::is_ascii_digit) =>
                 {
+                    grouped = true;
+                    group = 0;
                     j += 1;
                 }
                 _ => break,
             }
         }
-        let bounded = !bytes.get(j).copied().is_some_and(is_word);
+        // Cards are printed whole or in groups of 4 to 6 digits; a UUID's leading groups
+        // (8-4-4, all decimal by chance) are not a card, nor is a run that a dash continues
+        // into letters (`…-4024-b16b-…`).
+        let uuid_like = (grouped && longest_group > 6)
+            || (bytes.get(j) == Some(&b'-') && bytes.get(j + 1).copied().is_some_and(is_word));
+        let bounded = !uuid_like && !bytes.get(j).copied().is_some_and(is_word);
         if bounded
             && (PAN_DIGITS_MIN..=PAN_DIGITS_MAX).contains(&digits.len())
             && luhn_valid(&digits)
