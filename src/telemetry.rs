@@ -4,14 +4,14 @@
 //!
 //! What is never logged: request or response bodies, query strings, headers other than the
 //! request id. Those can hold card tokens, health data and API keys. And as a last line of
-//! defence, every log line passes through [`redact`] on its way out: card numbers (any
+//! defence, every log line passes through `logredact` on its way out: card numbers (any
 //! Luhn-valid run of 12–19 digits, also grouped by spaces or dashes) and carebill secrets
 //! (`cbk_` API keys, `cbs_` session tokens, `whsec_` webhook secrets) are replaced whatever
 //! field or message they reached — so a mistake elsewhere cannot put one in a log file.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 
-use tracing_subscriber::fmt::MakeWriter;
+use logredact::Redacting;
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
@@ -29,164 +29,4 @@ pub fn init() {
             .with_current_span(true)
             .try_init()
     };
-}
-
-/// Makes one [`RedactingLine`] per log event.
-#[derive(Debug, Clone, Copy)]
-pub struct Redacting;
-
-impl<'a> MakeWriter<'a> for Redacting {
-    type Writer = RedactingLine;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        RedactingLine(Vec::with_capacity(256))
-    }
-}
-
-/// Collects one event's bytes and writes them, redacted, to stderr when dropped.
-#[derive(Debug)]
-pub struct RedactingLine(Vec<u8>);
-
-impl Write for RedactingLine {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for RedactingLine {
-    fn drop(&mut self) {
-        let line = redact(&self.0);
-        let _ = std::io::stderr().lock().write_all(&line);
-    }
-}
-
-const SECRET_PREFIXES: [&[u8]; 3] = [b"cbk_", b"cbs_", b"whsec_"];
-
-fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
-
-fn luhn(digits: &[u8]) -> bool {
-    let mut sum = 0u32;
-    for (i, d) in digits.iter().rev().enumerate() {
-        let mut v = u32::from(*d);
-        if i % 2 == 1 {
-            v *= 2;
-            if v > 9 {
-                v -= 9;
-            }
-        }
-        sum += v;
-    }
-    sum.is_multiple_of(10)
-}
-
-/// `bytes` with card numbers and carebill secrets replaced.
-pub fn redact(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let at_word_start = i == 0 || !bytes.get(i - 1).copied().is_some_and(is_word);
-        if at_word_start {
-            // A secret: its prefix, then the rest of the word.
-            if let Some(prefix) = SECRET_PREFIXES
-                .iter()
-                .find(|p| bytes.get(i..i + p.len()) == Some(**p))
-            {
-                let mut j = i + prefix.len();
-                while bytes.get(j).copied().is_some_and(is_word) {
-                    j += 1;
-                }
-                if j > i + prefix.len() {
-                    out.extend_from_slice(prefix);
-                    out.extend_from_slice(b"[redacted]");
-                    i = j;
-                    continue;
-                }
-            }
-            // A card number: digits, single spaces or dashes between them, not part of a word.
-            if bytes.get(i).is_some_and(u8::is_ascii_digit) {
-                let mut digits = Vec::new();
-                let mut j = i;
-                let (mut group, mut longest_group, mut grouped) = (0usize, 0usize, false);
-                while let Some(b) = bytes.get(j).copied() {
-                    if b.is_ascii_digit() {
-                        digits.push(b - b'0');
-                        group += 1;
-                        longest_group = longest_group.max(group);
-                        j += 1;
-                    } else if (b == b' ' || b == b'-')
-                        && bytes.get(j + 1).is_some_and(u8::is_ascii_digit)
-                        && j > i
-                    {
-                        grouped = true;
-                        group = 0;
-                        j += 1;
-                    } else {
-                        break;
-                    }
-                }
-                // Cards are printed whole or in groups of 4 to 6: not a UUID's 8-4-4 digits.
-                let uuid_like = (grouped && longest_group > 6)
-                    || (bytes.get(j) == Some(&b'-')
-                        && bytes.get(j + 1).copied().is_some_and(is_word));
-                let bounded = !uuid_like && !bytes.get(j).copied().is_some_and(is_word);
-                if bounded && (12..=19).contains(&digits.len()) && luhn(&digits) {
-                    out.extend_from_slice(b"[card number redacted]");
-                    i = j;
-                    continue;
-                }
-                out.extend_from_slice(bytes.get(i..j).unwrap_or_default());
-                i = j.max(i + 1);
-                continue;
-            }
-        }
-        out.push(bytes.get(i).copied().unwrap_or_default());
-        i += 1;
-    }
-    out
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn r(s: &str) -> String {
-        String::from_utf8(redact(s.as_bytes())).unwrap()
-    }
-
-    #[test]
-    fn card_numbers_and_secrets_never_leave() {
-        assert_eq!(
-            r("card 4242424242424242 declined"),
-            "card [card number redacted] declined"
-        );
-        assert_eq!(
-            r("\"pan\":\"4242 4242 4242 4242\""),
-            "\"pan\":\"[card number redacted]\""
-        );
-        assert_eq!(r("key=cbk_AbC123xyz;"), "key=cbk_[redacted];");
-        assert_eq!(r("Bearer cbs_0123456789abcdef"), "Bearer cbs_[redacted]");
-        assert_eq!(r("whsec_c2VjcmV0 end"), "whsec_[redacted] end");
-    }
-
-    #[test]
-    fn ordinary_lines_pass_unchanged() {
-        for line in [
-            "{\"status\":200,\"latency_ms\":12,\"request_id\":\"req_AbCd1234\"}",
-            "4242424242424241 is not a card number (Luhn)",
-            "pay_4242424242424242 is an id, not a number",
-            "2026-11-28T19:04:05.123456Z",
-            "cbk_ alone",
-            "idempotency_key 26078457-3291-4024-b16b-a3ec48446219",
-        ] {
-            assert_eq!(r(line), line);
-        }
-    }
 }

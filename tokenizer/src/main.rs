@@ -168,7 +168,8 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .json()
-        .with_writer(std::io::stderr)
+        // Every line redacted on its way out (card numbers, carebill secrets).
+        .with_writer(logredact::Redacting)
         .init();
 }
 
