@@ -11,7 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::card::{luhn_valid, Brand, PAN_DIGITS_MAX, PAN_DIGITS_MIN};
+use logredact::{is_word, scan_digit_run};
+
+use crate::card::{Brand, PAN_DIGITS_MAX, PAN_DIGITS_MIN};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -22,11 +24,9 @@ pub struct Finding {
     pub security_code: bool,
 }
 
-fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
-}
-
-/// Luhn-valid card-number candidates in `bytes`.
+/// Luhn-valid card-number candidates in `bytes`: the runs the log redaction layer would
+/// redact (`logredact::scan_digit_run`, one definition for both), less decimal fractions, kept
+/// when a card brand issues that prefix and length.
 pub fn find_pans(bytes: &[u8]) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -41,41 +41,11 @@ pub fn find_pans(bytes: &[u8]) -> Vec<Finding> {
             i += 1;
             continue;
         }
-        // Collect digits, allowing a single space or dash between digits.
-        let mut digits: Vec<u8> = Vec::new();
-        let mut j = i;
-        let (mut group, mut longest_group, mut grouped) = (0usize, 0usize, false);
-        while j < bytes.len() {
-            match bytes.get(j).copied() {
-                Some(b) if b.is_ascii_digit() => {
-                    digits.push(b - b'0');
-                    group += 1;
-                    longest_group = longest_group.max(group);
-                    j += 1;
-                }
-                Some(b' ') | Some(b'-')
-                    if bytes.get(j + 1).is_some_and(u8::is_ascii_digit)
-                        && j > i
-                        && bytes.get(j - 1).is_some_and(u8::is_ascii_digit) =>
-                {
-                    grouped = true;
-                    group = 0;
-                    j += 1;
-                }
-                _ => break,
-            }
-        }
-        // Cards are printed whole or in groups of 4 to 6 digits; a UUID's leading groups
-        // (8-4-4, all decimal by chance) are not a card, nor is a run that a dash continues
-        // into letters (`…-4024-b16b-…`).
-        let uuid_like = (grouped && longest_group > 6)
-            || (bytes.get(j) == Some(&b'-') && bytes.get(j + 1).copied().is_some_and(is_word));
-        let bounded = !uuid_like && !bytes.get(j).copied().is_some_and(is_word);
-        if bounded
-            && (PAN_DIGITS_MIN..=PAN_DIGITS_MAX).contains(&digits.len())
-            && luhn_valid(&digits)
-            && Brand::detect(&digits).issues_length(digits.len())
-        {
+        let (j, card) = scan_digit_run(bytes, i);
+        if let Some(digits) = card.filter(|d| {
+            (PAN_DIGITS_MIN..=PAN_DIGITS_MAX).contains(&d.len())
+                && Brand::detect(d).issues_length(d.len())
+        }) {
             let last4: String = digits
                 .iter()
                 .skip(digits.len() - 4)

@@ -44,11 +44,46 @@ impl Drop for RedactingLine {
 
 const SECRET_PREFIXES: [&[u8]; 3] = [b"cbk_", b"cbs_", b"whsec_"];
 
-fn is_word(b: u8) -> bool {
+/// Scans the run of digits starting at `start` (which must begin a word): digits, with single
+/// spaces or dashes between them. Returns where the run ends and, when it is a card-number
+/// candidate, its digit values: 12–19 digits, Luhn-valid, not continued by a word, and not
+/// grouped like a UUID (cards are printed whole or in groups of at most 6; a UUID's leading
+/// groups are 8-4-4, and a dash continues them into letters: `…-4024-b16b-…`).
+pub fn scan_digit_run(bytes: &[u8], start: usize) -> (usize, Option<Vec<u8>>) {
+    let mut digits = Vec::new();
+    let mut j = start;
+    let (mut group, mut longest_group, mut grouped) = (0usize, 0usize, false);
+    while let Some(b) = bytes.get(j).copied() {
+        if b.is_ascii_digit() {
+            digits.push(b - b'0');
+            group += 1;
+            longest_group = longest_group.max(group);
+            j += 1;
+        } else if (b == b' ' || b == b'-')
+            && bytes.get(j + 1).is_some_and(u8::is_ascii_digit)
+            && j > start
+        {
+            grouped = true;
+            group = 0;
+            j += 1;
+        } else {
+            break;
+        }
+    }
+    let uuid_like = (grouped && longest_group > 6)
+        || (bytes.get(j) == Some(&b'-') && bytes.get(j + 1).copied().is_some_and(is_word));
+    let bounded = !uuid_like && !bytes.get(j).copied().is_some_and(is_word);
+    let card = bounded && (12..=19).contains(&digits.len()) && luhn(&digits);
+    (j, card.then_some(digits))
+}
+
+/// Whether `b` is part of a word (a digit run next to one is not a number on its own).
+pub fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-fn luhn(digits: &[u8]) -> bool {
+/// The Luhn (mod 10) check over digit values.
+pub fn luhn(digits: &[u8]) -> bool {
     let mut sum = 0u32;
     for (i, d) in digits.iter().rev().enumerate() {
         let mut v = u32::from(*d);
@@ -60,7 +95,7 @@ fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum.is_multiple_of(10)
+    !digits.is_empty() && sum.is_multiple_of(10)
 }
 
 /// `bytes` with card numbers and carebill secrets replaced.
@@ -88,37 +123,12 @@ pub fn redact(bytes: &[u8]) -> Vec<u8> {
             }
             // A card number: digits, single spaces or dashes between them, not part of a word.
             if bytes.get(i).is_some_and(u8::is_ascii_digit) {
-                let mut digits = Vec::new();
-                let mut j = i;
-                let (mut group, mut longest_group, mut grouped) = (0usize, 0usize, false);
-                while let Some(b) = bytes.get(j).copied() {
-                    if b.is_ascii_digit() {
-                        digits.push(b - b'0');
-                        group += 1;
-                        longest_group = longest_group.max(group);
-                        j += 1;
-                    } else if (b == b' ' || b == b'-')
-                        && bytes.get(j + 1).is_some_and(u8::is_ascii_digit)
-                        && j > i
-                    {
-                        grouped = true;
-                        group = 0;
-                        j += 1;
-                    } else {
-                        break;
-                    }
-                }
-                // Cards are printed whole or in groups of 4 to 6: not a UUID's 8-4-4 digits.
-                let uuid_like = (grouped && longest_group > 6)
-                    || (bytes.get(j) == Some(&b'-')
-                        && bytes.get(j + 1).copied().is_some_and(is_word));
-                let bounded = !uuid_like && !bytes.get(j).copied().is_some_and(is_word);
-                if bounded && (12..=19).contains(&digits.len()) && luhn(&digits) {
+                let (j, card) = scan_digit_run(bytes, i);
+                if card.is_some() {
                     out.extend_from_slice(b"[card number redacted]");
-                    i = j;
-                    continue;
+                } else {
+                    out.extend_from_slice(bytes.get(i..j).unwrap_or_default());
                 }
-                out.extend_from_slice(bytes.get(i..j).unwrap_or_default());
                 i = j.max(i + 1);
                 continue;
             }
