@@ -85,6 +85,14 @@ pub async fn record(db: &Db, kind: Kind, e: Event<'_>) -> Result<(), sqlx::Error
         detail = e.detail,
         "security event"
     );
+    insert(&db.pool, kind, &e).await
+}
+
+/// The one INSERT of an event, on the pool or inside a transaction.
+async fn insert<'c, E>(executor: E, kind: Kind, e: &Event<'_>) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     sqlx::query(
         "INSERT INTO security_events (at_us, kind, actor, subject, ip, detail, request_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -96,7 +104,7 @@ pub async fn record(db: &Db, kind: Kind, e: Event<'_>) -> Result<(), sqlx::Error
     .bind(e.ip)
     .bind(e.detail)
     .bind(Some(current_request_id()).filter(|id| !id.is_empty()))
-    .execute(&db.pool)
+    .execute(executor)
     .await?;
     Ok(())
 }
@@ -108,18 +116,5 @@ pub async fn record_in(
     kind: Kind,
     e: Event<'_>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO security_events (at_us, kind, actor, subject, ip, detail, request_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(now_us())
-    .bind(kind.as_str())
-    .bind(e.actor)
-    .bind(e.subject)
-    .bind(e.ip)
-    .bind(e.detail)
-    .bind(Some(current_request_id()).filter(|id| !id.is_empty()))
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    insert(&mut **tx, kind, &e).await
 }
