@@ -120,6 +120,8 @@ impl Scope {
 pub enum Action {
     PatientsRead,
     PatientsWrite,
+    /// Erase a patient's personal data (crypto-shredding): irreversible.
+    PatientsErase,
     InvoicesRead,
     /// Itemized lines of an invoice: procedure codes and descriptions (field-level rule).
     InvoiceDetailsRead,
@@ -155,7 +157,7 @@ pub fn allowed(role: Role, action: Action) -> bool {
         PatientsWrite => matches!(role, FrontDesk | BillingClerk | BillingManager),
         InvoiceDetailsRead => matches!(role, Patient | BillingClerk | BillingManager),
         InvoicesWrite | RefundsRead => matches!(role, BillingClerk | BillingManager),
-        RefundsCreate => matches!(role, BillingManager),
+        RefundsCreate | PatientsErase => matches!(role, BillingManager),
         LedgerRead => matches!(role, BillingManager | Accountant | Auditor),
         LedgerExport => matches!(role, BillingManager | Accountant),
         LedgerExportIdentified => matches!(role, BillingManager),

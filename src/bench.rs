@@ -133,6 +133,11 @@ pub async fn bench_payments(
     let config = Config {
         database_url: database_url.to_owned(),
         addr: "127.0.0.1:0".to_owned(),
+        // A fresh keyring for the benchmark's own database: field encryption is on, as in
+        // production.
+        keyring_inline: Some(std::sync::Arc::new(
+            crate::crypto::LocalKeyring::generate_text(),
+        )),
         ..Config::default()
     };
     let state = crate::server::prepare(config).await?;

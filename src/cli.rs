@@ -60,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Field-encryption keys: create a keyring, rotate the KEK, re-wrap data keys.
+    Keys {
+        #[command(subcommand)]
+        command: crate::crypto::cli::KeysCommand,
+    },
     /// Export the ledger for an accounting system (CSV, JSON Lines, Beancount, hledger).
     Export(crate::export::ExportArgs),
     /// Benchmark payments per second against pgbench on the same PostgreSQL server.
@@ -192,10 +197,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("exported {n} audit records");
             Ok(())
         }
+        Command::Keys { command } => crate::crypto::cli::run(&config, command).await,
         Command::Export(args) => {
             let db = crate::db::Db::connect(&config.database_url).await?;
             crate::db::migrate(&db).await?;
-            crate::export::run_cli(db, args).await
+            let keys = crate::crypto::Keys::open(config.key_source(), &db).await?;
+            crate::export::run_cli(db, keys, args).await
         }
         Command::Bench(args) => crate::bench::run(args).await,
         Command::BenchExport(args) => crate::export::bench::run(args).await,

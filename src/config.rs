@@ -20,6 +20,8 @@
 //! | `signin_failures_per_account` | `CAREBILL_SIGNIN_FAILURES_PER_ACCOUNT` | 5 |
 //! | `signin_failures_per_address` | `CAREBILL_SIGNIN_FAILURES_PER_ADDRESS` | 20 |
 //! | `api_requests_per_second` | `CAREBILL_API_REQUESTS_PER_SECOND` | 1000 (per key or session) |
+//! | `keyring_file` | `CAREBILL_KEYRING_FILE` | none: required (`carebill keys init --file …`) |
+//! | — | `CAREBILL_KEYRING` | the keyring's text itself, instead of a file (never in a TOML file) |
 //!
 //! `dual_control_threshold` is an amount in *major* units of the refund's or write-off's own
 //! currency (a decimal string such as `"500.00"`, or an integer). A refund or write-off above it
@@ -78,6 +80,13 @@ pub struct Config {
     /// Requests per second one API key or session may make (bursts up to the same number);
     /// beyond it, 429 with `Retry-After`.
     pub api_requests_per_second: u32,
+    /// The keyring (KEKs and the blind-index key: src/crypto/keyring.rs). Without it, or
+    /// `CAREBILL_KEYRING`, the server refuses to start: it would not be able to read the health
+    /// data it stores.
+    pub keyring_file: Option<PathBuf>,
+    /// The keyring's text from `CAREBILL_KEYRING` (environment only, never printed).
+    #[serde(skip)]
+    pub keyring_inline: Option<std::sync::Arc<zeroize::Zeroizing<String>>>,
 }
 
 /// Deserializes a decimal setting from a string (`"500.00"`) or an integer (`500`); a TOML
@@ -127,6 +136,8 @@ impl Default for Config {
             signin_failures_per_account: 5,
             signin_failures_per_address: 20,
             api_requests_per_second: 1000,
+            keyring_file: None,
+            keyring_inline: None,
         }
     }
 }
@@ -163,6 +174,11 @@ impl std::fmt::Debug for Config {
             .field(
                 "signin_failures_per_address",
                 &self.signin_failures_per_address,
+            )
+            .field("keyring_file", &self.keyring_file)
+            .field(
+                "keyring_inline",
+                &self.keyring_inline.as_ref().map(|_| "[redacted]"),
             )
             .finish()
     }
@@ -266,6 +282,12 @@ impl Config {
                 anyhow::anyhow!("CAREBILL_API_REQUESTS_PER_SECOND must be a whole number")
             })?;
         }
+        if let Some(v) = nonempty("CAREBILL_KEYRING_FILE") {
+            self.keyring_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = nonempty("CAREBILL_KEYRING") {
+            self.keyring_inline = Some(std::sync::Arc::new(zeroize::Zeroizing::new(v)));
+        }
         if let Some(v) = nonempty("CAREBILL_DUAL_CONTROL_THRESHOLD") {
             self.dual_control_threshold = parse_decimal_setting(&v)
                 .map_err(|e| anyhow::anyhow!("CAREBILL_DUAL_CONTROL_THRESHOLD: {e}"))?;
@@ -298,6 +320,16 @@ impl Config {
         );
         crate::db::Backend::from_url(&self.database_url)?;
         self.validate_vault()
+    }
+
+    /// Where the keyring comes from: the environment's text wins over a file.
+    pub fn key_source(&self) -> Option<crate::crypto::store::KeySource> {
+        use crate::crypto::store::KeySource;
+        match (&self.keyring_inline, &self.keyring_file) {
+            (Some(text), _) => Some(KeySource::Inline(text.clone())),
+            (None, Some(path)) => Some(KeySource::File(path.clone())),
+            (None, None) => None,
+        }
     }
 
     /// The vault settings: all or nothing, over https, with a sane timeout.

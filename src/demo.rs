@@ -32,6 +32,8 @@ pub const VAULT_DATABASE_URL: &str = "sqlite://var/vault/tokenizer.db";
 pub const VAULT_KEYS_DIR: &str = "var/vault/keys";
 /// The vault's log (JSON lines).
 pub const VAULT_LOG: &str = "var/vault/tokenizer.log";
+/// Billing's keyring (field encryption of health data), made on first run.
+pub const BILLING_KEYRING: &str = "var/keys/billing.keyring";
 /// How long the vault may take to print its ready line.
 const VAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The card the demo tokenizes (Stripe's Mastercard test number).
@@ -371,6 +373,14 @@ pub struct UpOptions {
 
 pub async fn up(mut config: Config, options: UpOptions) -> anyhow::Result<()> {
     let binary = tokenizer_binary()?;
+    if config.key_source().is_none() {
+        let keyring = PathBuf::from(BILLING_KEYRING);
+        if !keyring.exists() {
+            crate::crypto::store::write_new_keyring(&keyring)?;
+            println!("created billing keyring {BILLING_KEYRING} (health data is stored encrypted under it)");
+        }
+        config.keyring_file = Some(keyring);
+    }
     let pki = devcerts::ensure_dev_pki(Path::new(CERTS_DIR))?;
     let key_components =
         ensure_vault_keys(&binary, VAULT_DATABASE_URL, Path::new(VAULT_KEYS_DIR)).await?;

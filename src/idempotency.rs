@@ -33,7 +33,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::auth::Principal;
@@ -106,6 +105,13 @@ pub struct Claim {
     pub phase: Phase,
     /// The payment or refund an earlier holder created, to resume.
     pub resource_id: Option<String>,
+    /// Seals the saved response: it may hold health data (a patient, an invoice's lines), which
+    /// the billing database stores only encrypted (`sys:idempotency` data key).
+    sealer: crate::crypto::DataKey,
+}
+
+fn response_field(scope: &str, key: &str) -> String {
+    format!("{scope}\0{key}")
 }
 
 /// What the key's row says before the work starts.
@@ -125,7 +131,7 @@ pub async fn claim(tx: &mut Tx, claim: &MaybeClaim) -> Result<(), ApiError> {
         return Ok(());
     };
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (principal_id, key, request_sha256, phase, lease_token, locked_until_us, created_at_us) \
+        "INSERT INTO idempotency_keys (principal_id, key, request_hmac, phase, lease_token, locked_until_us, created_at_us) \
          VALUES ($1, $2, $3, 'started', $4, $5, $6) ON CONFLICT DO NOTHING",
     )
     .bind(&c.scope)
@@ -176,6 +182,14 @@ async fn finish(
 ) -> Result<(), ApiError> {
     let Some(claim) = claim else { return Ok(()) };
     let body = serde_json::to_string(body).map_err(|e| ApiError::Internal(e.into()))?;
+    let row = response_field(&claim.scope, &claim.key);
+    let body = claim
+        .sealer
+        .seal(
+            crate::crypto::Field::new(RESPONSE_COLUMN, SYS_IDEMPOTENCY, &row),
+            &body,
+        )
+        .map_err(|e| ApiError::Internal(e.into()))?;
     sqlx::query(
         "UPDATE idempotency_keys SET phase = 'finished', response_status = $1, response_body = $2, \
          locked_until_us = 0 WHERE principal_id = $3 AND key = $4",
@@ -232,7 +246,7 @@ where
             Err(e) => e.into_response(),
         };
     };
-    let fingerprint = match fingerprint(route, request) {
+    let fingerprint = match fingerprint(state, route, request) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
@@ -269,18 +283,28 @@ fn replay(status: StatusCode, body: String) -> Response {
     response
 }
 
-/// SHA-256 of the route and the canonical JSON of the request (keys sorted by serde_json's
-/// map, so the same parameters in another order are the same request).
-fn fingerprint<R: Serialize>(route: &str, request: &R) -> Result<String, ApiError> {
-    let canonical = serde_json::to_value(request)
-        .and_then(|v| serde_json::to_string(&v))
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let mut hasher = Sha256::new();
-    hasher.update(route.as_bytes());
-    hasher.update(b"\n");
-    hasher.update(canonical.as_bytes());
-    Ok(hex::encode(hasher.finalize()))
+/// A keyed hash (HMAC-SHA256 under the blind-index key) of the route and the canonical JSON of
+/// the request (keys sorted by serde_json's map, so the same parameters in another order are the
+/// same request). Keyed, because a request may carry health data (a patient's name and date of
+/// birth) that an unkeyed hash would let anyone confirm by guessing.
+fn fingerprint<R: Serialize>(
+    state: &AppState,
+    route: &str,
+    request: &R,
+) -> Result<String, ApiError> {
+    let canonical = zeroize::Zeroizing::new(
+        serde_json::to_value(request)
+            .and_then(|v| serde_json::to_string(&v))
+            .map_err(|e| ApiError::Internal(e.into()))?,
+    );
+    Ok(state.keys.index().keyed(
+        "idempotency-request",
+        &format!("{route}\n{}", canonical.as_str()),
+    ))
 }
+
+const SYS_IDEMPOTENCY: &str = crate::crypto::store::SYS_IDEMPOTENCY;
+const RESPONSE_COLUMN: &str = "idempotency_keys.response_body";
 
 fn in_use() -> ApiError {
     ApiError::simple(
@@ -304,6 +328,7 @@ async fn lookup(
         .idempotency_ttl_seconds
         .saturating_mul(1_000_000);
     let now = now_us();
+    let sealer = state.keys.system_key(SYS_IDEMPOTENCY).await?;
     let mut claim = Claim {
         scope: scope.to_owned(),
         key: key.to_owned(),
@@ -313,9 +338,10 @@ async fn lookup(
         fresh: true,
         phase: Phase::Started,
         resource_id: None,
+        sealer,
     };
     let Some(row) = sqlx::query(
-        "SELECT request_sha256, phase, resource_id, response_status, response_body, locked_until_us, created_at_us \
+        "SELECT request_hmac, phase, resource_id, response_status, response_body, locked_until_us, created_at_us \
          FROM idempotency_keys WHERE principal_id = $1 AND key = $2",
     )
     .bind(scope)
@@ -338,7 +364,7 @@ async fn lookup(
             .await?;
         return Ok(Lookup::Run(claim));
     }
-    let stored: String = row.try_get("request_sha256")?;
+    let stored: String = row.try_get("request_hmac")?;
     if stored != fingerprint {
         return Err(ApiError::simple(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -349,7 +375,21 @@ async fn lookup(
     }
     if phase == "finished" {
         let status: i64 = row.try_get("response_status")?;
-        let body: String = row.try_get("response_body")?;
+        let sealed: String = row.try_get("response_body")?;
+        let field_row = response_field(scope, key);
+        let field = crate::crypto::Field::new(RESPONSE_COLUMN, SYS_IDEMPOTENCY, &field_row);
+        let body = match claim.sealer.open(field, &sealed) {
+            Ok(body) => body.as_str().to_owned(),
+            Err(e) => {
+                state
+                    .keys
+                    .report_unreadable(SYS_IDEMPOTENCY, RESPONSE_COLUMN, &e)
+                    .await;
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "a saved idempotent response failed authentication"
+                )));
+            }
+        };
         let status = u16::try_from(status)
             .ok()
             .and_then(|s| StatusCode::from_u16(s).ok())

@@ -35,6 +35,7 @@ use utoipa::ToSchema;
 
 use crate::api::{date_field, parse_limit, text_field, ApiJson, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
+use crate::crypto::{CryptoError, Field, KeyState, Keys};
 use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, IdempotencyKey, MaybeClaim};
@@ -43,6 +44,7 @@ use crate::ledger::accounts::{account_id, ensure_patient_accounts, patient_accou
 use crate::ledger::posting::{self, EntryKind, NewEntry, References};
 use crate::money::{Currency, Money, PositiveAmount, AMOUNT_MINOR_MAX};
 use crate::AppState;
+use std::collections::HashMap;
 
 /// Lines per invoice, at most.
 pub const LINES_MAX: usize = 250;
@@ -237,7 +239,11 @@ pub async fn lock(
     InvoiceRow::from_row(&row)
 }
 
+/// The lines of `ids`, decrypted with each patient's data key (opened once per patient). A
+/// line whose patient's data was erased, or whose text fails authentication, keeps its amounts
+/// and loses its code and description (the latter recorded as a security event).
 async fn load_lines(
+    keys: &Keys,
     executor: impl sqlx::AnyExecutor<'_>,
     ids: &[String],
 ) -> ApiResult<Vec<(String, Line)>> {
@@ -245,8 +251,11 @@ async fn load_lines(
         return Ok(Vec::new());
     }
     let sql = format!(
-        "SELECT id, invoice_id, service_date, code, description, quantity, unit_amount_minor, amount_minor \
-         FROM invoice_lines WHERE invoice_id IN ({}) ORDER BY invoice_id, position",
+        "SELECT l.id, l.invoice_id, l.service_date, l.code_enc, l.description_enc, l.quantity, \
+         l.unit_amount_minor, l.amount_minor, i.patient_id, k.kek_version, k.wrapped_key \
+         FROM invoice_lines l JOIN invoices i ON i.id = l.invoice_id \
+         LEFT JOIN data_keys k ON k.owner = i.patient_id \
+         WHERE l.invoice_id IN ({}) ORDER BY l.invoice_id, l.position",
         crate::db::placeholders(1, ids.len())
     );
     let mut q = sqlx::query(&sql);
@@ -254,22 +263,59 @@ async fn load_lines(
         q = q.bind(id.clone());
     }
     let rows = q.fetch_all(executor).await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.try_get("invoice_id")?,
-                Line {
-                    id: r.try_get("id")?,
-                    service_date: r.try_get("service_date")?,
-                    code: Some(r.try_get("code")?),
-                    description: Some(r.try_get("description")?),
-                    quantity: r.try_get("quantity")?,
-                    unit_amount: r.try_get("unit_amount_minor")?,
-                    amount: r.try_get("amount_minor")?,
-                },
-            ))
-        })
-        .collect()
+    let mut patient_keys: HashMap<String, KeyState> = HashMap::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let patient: String = r.try_get("patient_id")?;
+        if !patient_keys.contains_key(&patient) {
+            let state = match r.try_get::<Option<i64>, _>("kek_version")? {
+                Some(version) => {
+                    keys.open_wrapped(&patient, version, r.try_get("wrapped_key")?)
+                        .await
+                }
+                None => KeyState::Unreadable,
+            };
+            patient_keys.insert(patient.clone(), state);
+        }
+        let line_id: String = r.try_get("id")?;
+        let (code, description) = match patient_keys.get(&patient).and_then(KeyState::key) {
+            Some(key) => {
+                let open = |column: &'static str,
+                            name: &str|
+                 -> Result<Option<String>, (&'static str, CryptoError)> {
+                    let sealed: String = r
+                        .try_get(name)
+                        .map_err(|_| (column, CryptoError::Decrypt))?;
+                    key.open(Field::new(column, &patient, &line_id), &sealed)
+                        .map(|p| Some(p.as_str().to_owned()))
+                        .map_err(|e| (column, e))
+                };
+                match open("invoice_lines.code", "code_enc")
+                    .and_then(|c| Ok((c, open("invoice_lines.description", "description_enc")?)))
+                {
+                    Ok(pair) => pair,
+                    Err((column, e)) => {
+                        keys.report_unreadable(&patient, column, &e).await;
+                        (None, None)
+                    }
+                }
+            }
+            None => (None, None),
+        };
+        out.push((
+            r.try_get("invoice_id")?,
+            Line {
+                id: line_id,
+                service_date: r.try_get("service_date")?,
+                code,
+                description,
+                quantity: r.try_get("quantity")?,
+                unit_amount: r.try_get("unit_amount_minor")?,
+                amount: r.try_get("amount_minor")?,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 fn invoice_from_row(row: &AnyRow, lines: Vec<Line>) -> ApiResult<Invoice> {
@@ -298,6 +344,7 @@ fn invoice_from_row(row: &AnyRow, lines: Vec<Line>) -> ApiResult<Invoice> {
 
 /// Assembles API invoices from rows, loading all their lines in one query.
 async fn assemble(
+    keys: &Keys,
     executor: impl sqlx::AnyExecutor<'_>,
     rows: &[AnyRow],
 ) -> ApiResult<Vec<Invoice>> {
@@ -305,7 +352,7 @@ async fn assemble(
         .iter()
         .map(|r| r.try_get("id"))
         .collect::<Result<_, _>>()?;
-    let mut lines = load_lines(executor, &ids).await?;
+    let mut lines = load_lines(keys, executor, &ids).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let id: String = row.try_get("id")?;
@@ -320,7 +367,7 @@ async fn assemble(
 }
 
 /// The API view of one invoice, read inside `tx` (so a response shows what the tx wrote).
-pub async fn view(tx: &mut Tx, id: &InvoiceId) -> ApiResult<Invoice> {
+pub async fn view(keys: &Keys, tx: &mut Tx, id: &InvoiceId) -> ApiResult<Invoice> {
     let row = sqlx::query(&format!(
         "SELECT {INVOICE_COLUMNS} FROM invoices WHERE id = $1"
     ))
@@ -328,7 +375,7 @@ pub async fn view(tx: &mut Tx, id: &InvoiceId) -> ApiResult<Invoice> {
     .fetch_optional(&mut **tx)
     .await?
     .ok_or_else(|| ApiError::not_found("id", "invoice"))?;
-    let mut v = assemble(&mut **tx, std::slice::from_ref(&row)).await?;
+    let mut v = assemble(keys, &mut **tx, std::slice::from_ref(&row)).await?;
     v.pop().ok_or_else(|| ApiError::not_found("id", "invoice"))
 }
 
@@ -346,7 +393,7 @@ pub async fn open_invoices_of(
     .bind(currency.code())
     .fetch_all(&state.db.pool)
     .await?;
-    assemble(&state.db.pool, &rows).await
+    assemble(&state.keys, &state.db.pool, &rows).await
 }
 
 pub(crate) fn currency_field(param: &str, value: &str) -> Result<Currency, ApiError> {
@@ -501,12 +548,22 @@ pub async fn create_invoice(
     Ok(idempotency::run(&state, &principal, key, "POST /v1/invoices", &req, |claim| async move {
         st.db
             .write(|tx| {
-                let (claim, v) = (claim.clone(), valid.clone());
+                let (claim, v, keys) = (claim.clone(), valid.clone(), st.keys.clone());
                 Box::pin(async move {
                     idempotency::claim(tx, &claim).await?;
                     if !crate::patients::exists(tx, &v.patient).await? {
                         return Err(ApiError::not_found("patient", "patient"));
                     }
+                    let data_key = match keys.data_key(&mut **tx, v.patient.as_str()).await? {
+                        KeyState::Available(key) => key,
+                        KeyState::Erased => return Err(ApiError::simple(
+                            axum::http::StatusCode::CONFLICT,
+                            crate::error::ErrorType::InvalidRequestError,
+                            "personal_data_erased",
+                            "This patient's personal data was erased; new bills cannot name their services.",
+                        )),
+                        KeyState::Unreadable => return Err(ApiError::Internal(anyhow::anyhow!("the patient's data key cannot be opened"))),
+                    };
                     let id = InvoiceId::generate();
                     sqlx::query(
                         "INSERT INTO invoices (id, patient_id, currency, status, due_date, total_minor, amount_due_minor, created_at_us) \
@@ -521,23 +578,29 @@ pub async fn create_invoice(
                     .execute(&mut **tx)
                     .await?;
                     for (position, line) in v.lines.iter().enumerate() {
+                        let line_id = InvoiceLineId::generate();
+                        let seal = |column: &str, text: &str| {
+                            data_key
+                                .seal(Field::new(column, v.patient.as_str(), line_id.as_str()), text)
+                                .map_err(|e| ApiError::Internal(e.into()))
+                        };
                         sqlx::query(
-                            "INSERT INTO invoice_lines (id, invoice_id, position, service_date, code, description, quantity, unit_amount_minor, amount_minor) \
+                            "INSERT INTO invoice_lines (id, invoice_id, position, service_date, code_enc, description_enc, quantity, unit_amount_minor, amount_minor) \
                              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                         )
-                        .bind(InvoiceLineId::generate().as_str())
+                        .bind(line_id.as_str())
                         .bind(id.as_str())
                         .bind(i64::try_from(position).map_err(anyhow::Error::new)?)
                         .bind(&line.service_date)
-                        .bind(&line.code)
-                        .bind(&line.description)
+                        .bind(seal("invoice_lines.code", &line.code)?)
+                        .bind(seal("invoice_lines.description", &line.description)?)
                         .bind(line.quantity)
                         .bind(line.unit.get())
                         .bind(line.amount.amount_minor())
                         .execute(&mut **tx)
                         .await?;
                     }
-                    respond(tx, &claim, &id).await
+                    respond(&keys, tx, &claim, &id).await
                 })
             })
             .await
@@ -547,11 +610,12 @@ pub async fn create_invoice(
 
 /// Finishes an invoice request: the invoice as the transaction left it, saved under the key.
 async fn respond(
+    keys: &Keys,
     tx: &mut Tx,
     claim: &MaybeClaim,
     id: &InvoiceId,
 ) -> ApiResult<(axum::http::StatusCode, serde_json::Value)> {
-    let invoice = view(tx, id).await?;
+    let invoice = view(keys, tx, id).await?;
     idempotency::respond_ok(tx, claim, &invoice).await
 }
 
@@ -581,7 +645,7 @@ pub async fn get_invoice(
     principal
         .ensure_patient_visible(&state.db, &patient, "id", "invoice")
         .await?;
-    let mut v = assemble(&state.db.pool, std::slice::from_ref(&row)).await?;
+    let mut v = assemble(&state.keys, &state.db.pool, std::slice::from_ref(&row)).await?;
     v.pop()
         .map(|i| Json(field_rules(&principal, i)))
         .ok_or_else(|| ApiError::not_found("id", "invoice"))
@@ -656,7 +720,7 @@ pub async fn list_invoices(
     .bind(own_facility)
     .fetch_all(&state.db.pool)
     .await?;
-    let invoices = assemble(&state.db.pool, &rows)
+    let invoices = assemble(&state.keys, &state.db.pool, &rows)
         .await?
         .into_iter()
         .map(|i| field_rules(&principal, i))
@@ -710,7 +774,7 @@ pub async fn finalize_invoice(
         let backend = st.db.backend;
         st.db
             .write(|tx| {
-                let (claim, id) = (claim.clone(), id.clone());
+                let (claim, id, keys) = (claim.clone(), id.clone(), st.keys.clone());
                 Box::pin(async move {
                     idempotency::claim(tx, &claim).await?;
                     let invoice = lock(tx, backend, &id, "id").await?;
@@ -733,7 +797,7 @@ pub async fn finalize_invoice(
                     .bind(id.as_str())
                     .execute(&mut **tx)
                     .await?;
-                    let response = respond(tx, &claim, &id).await?;
+                    let response = respond(&keys, tx, &claim, &id).await?;
                     posting::post(tx, backend, entry).await?; // last: revenue is a hot account
                     Ok(response)
                 })
@@ -767,7 +831,7 @@ pub async fn void_invoice(
         let backend = st.db.backend;
         st.db
             .write(|tx| {
-                let (claim, id) = (claim.clone(), id.clone());
+                let (claim, id, keys) = (claim.clone(), id.clone(), st.keys.clone());
                 Box::pin(async move {
                     idempotency::claim(tx, &claim).await?;
                     let invoice = lock(tx, backend, &id, "id").await?;
@@ -806,7 +870,7 @@ pub async fn void_invoice(
                     .bind(id.as_str())
                     .execute(&mut **tx)
                     .await?;
-                    respond(tx, &claim, &id).await
+                    respond(&keys, tx, &claim, &id).await
                 })
             })
             .await

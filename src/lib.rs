@@ -17,6 +17,7 @@
 //! | [`payments`] | charging a payment method, crash-safe |
 //! | [`refunds`] | refunding a payment, with reservations against over-refund |
 //! | [`processor`] | the processor seam and its simulator |
+//! | [`crypto`] | field encryption of health data: envelope keys, blind indexes, crypto-shredding |
 //! | [`vault`] | the card vault's mutual-TLS client: a card token becomes a payment method |
 //! | [`idempotency`] | `Idempotency-Key`: claim, replay, resume after a crash |
 //! | [`auth`] | API keys, roles and the one authorization table |
@@ -33,6 +34,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod demo;
 pub mod error;
@@ -67,4 +69,6 @@ pub struct AppState {
     pub identity: Arc<identity::Identity>,
     /// The audit trail's queue (written and sealed in the background).
     pub audit: audit::AuditSink,
+    /// The keys of field encryption (src/crypto): data keys, blind indexes.
+    pub keys: Arc<crypto::Keys>,
 }

@@ -11,6 +11,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         crate::patients::create_patient, crate::patients::list_patients, crate::patients::get_patient,
         crate::patients::update_patient, crate::patients::statement,
+        crate::patients::search_patients, crate::patients::erase_personal_data,
         crate::invoices::create_invoice, crate::invoices::list_invoices, crate::invoices::get_invoice,
         crate::invoices::finalize_invoice, crate::invoices::void_invoice,
         crate::invoices::create_adjustment, crate::invoices::list_adjustments,

@@ -183,6 +183,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     let db = Db::connect(&config.database_url).await?;
     crate::db::migrate(&db).await?;
+    // Before anything else: a wrong or missing keyring refuses to start, rather than serve
+    // with data it cannot read.
+    let keys = crate::crypto::Keys::open(config.key_source(), &db).await?;
     // The simulator stands for the processor on the other side of the wire: its own small pool,
     // whose commits do not wait for the disk (they survive a process crash, which is what the
     // crash-recovery tests need) and so do not compete with billing commits for fsyncs.
@@ -204,6 +207,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
         vault,
         identity,
         audit,
+        keys,
     })
 }
 

@@ -195,6 +195,10 @@ const TABLE: &[Rule] = &[
     rule("GET",    "/v1/patients/{id}",                                    "",              [U,  A,   H,    A,   A,    A,   D,   D,   D,    D]),
     rule("POST",   "/v1/patients/{id}",                                    "",              [U,  D,   D,    A,   A,    A,   D,   D,   D,    D]),
     rule("GET",    "/v1/patients/{id}/statement",                          "",              [U,  A,   H,    A,   A,    A,   D,   D,   D,    D]),
+    // Search by blind index: a patient finds only themselves (the list is filtered).
+    rule("POST",   "/v1/patients/search",                                  "",              [U,  A,   NA,   A,   A,    A,   D,   D,   D,    D]),
+    // Erasure (crypto-shredding) is irreversible: billing managers only.
+    rule("DELETE", "/v1/patients/{id}/personal-data",                      "",              [U,  D,   NA,   D,   D,    A,   D,   D,   D,    D]),
     // Invoices.
     rule("POST",   "/v1/invoices",                                         "",              [U,  D,   D,    D,   A,    A,   D,   D,   D,    D]),
     rule("GET",    "/v1/invoices",                                         "",              [U,  A,   NA,   A,   A,    A,   D,   D,   D,    D]),
@@ -723,6 +727,8 @@ struct Fixtures {
     key_to_read: String,
     key_to_rotate: String,
     key_to_revoke: String,
+    /// A patient whose personal data the erasure route erases.
+    patient_to_erase: String,
 }
 
 impl Fixtures {
@@ -865,6 +871,13 @@ async fn make_fixtures(app: &TestApp) -> (Fixtures, String) {
         )
         .await
         .unwrap();
+    let to_erase = office
+        .create(
+            "/v1/patients",
+            &json!({"name": "Erase Me", "date_of_birth": "1980-02-03"}),
+        )
+        .await
+        .unwrap();
     let staff_user = admin
         .create(
             "/v1/users",
@@ -893,6 +906,7 @@ async fn make_fixtures(app: &TestApp) -> (Fixtures, String) {
         key_to_read: id_of(&keys[1]).unwrap(),
         key_to_rotate: id_of(&keys[2]).unwrap(),
         key_to_revoke: id_of(&keys[3]).unwrap(),
+        patient_to_erase: id_of(&to_erase).unwrap(),
     };
     (fixtures, ledger_secret)
 }
@@ -1047,6 +1061,14 @@ fn call_for(fx: &Fixtures, rule: &Rule, owner: Owner) -> Result<Option<Call>, St
             format!("/v1/patients/{}", r.patient),
             json!({"phone": "+15555550100"}),
         )),
+        ("POST", "/v1/patients/search", "") => own_only(Call::post(
+            "/v1/patients/search",
+            json!({"email": "nobody@example.org"}),
+        )),
+        ("DELETE", "/v1/patients/{id}/personal-data", "") => own_only(Call::delete(format!(
+            "/v1/patients/{}/personal-data",
+            fx.patient_to_erase
+        ))),
         ("GET", "/v1/patients/{id}/statement", "") => {
             Some(Call::get(format!("/v1/patients/{}/statement", r.patient)))
         }

@@ -24,7 +24,7 @@ impl Drop for Server {
 }
 
 /// Starts the binary on a free port against `database_url`, with `failpoints` armed.
-async fn start_binary(database_url: &str, failpoints: &str) -> (Server, String) {
+async fn start_binary(database_url: &str, keyring: &str, failpoints: &str) -> (Server, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -36,6 +36,7 @@ async fn start_binary(database_url: &str, failpoints: &str) -> (Server, String) 
         Command::new(env!("CARGO_BIN_EXE_carebill"))
             .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
             .env("DATABASE_URL", database_url)
+            .env("CAREBILL_KEYRING", keyring)
             .env("CAREBILL_FAILPOINTS", failpoints)
             .env("CAREBILL_IDEMPOTENCY_LEASE_MS", "300")
             .env("RUST_LOG", log_level)
@@ -82,7 +83,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
     let key = app.keys["billing_manager"].clone();
 
     // 1. The payment: the process dies right after the processor charged the card.
-    let (mut child, base) = start_binary(&url, "payment_after_processor").await;
+    let (mut child, base) = start_binary(&url, &app.keyring(), "payment_after_processor").await;
     let client = ApiClient::new(&base, &key);
     let pay_key = new_key();
     let body = json!({"invoice": inv["id"], "amount": 6000, "currency": "usd", "payment_method": "pm_card_visa"});
@@ -103,7 +104,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
     );
 
     // 2. Restart without the fail point and retry with the same key after the lease runs out.
-    let (child, base) = start_binary(&url, "").await;
+    let (child, base) = start_binary(&url, &app.keyring(), "").await;
     let client = ApiClient::new(&base, &key);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = client
@@ -125,7 +126,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
     drop(child);
 
     // 3. The refund: same crash, same recovery.
-    let (mut child, base) = start_binary(&url, "refund_after_processor").await;
+    let (mut child, base) = start_binary(&url, &app.keyring(), "refund_after_processor").await;
     let client = ApiClient::new(&base, &key);
     let re_key = new_key();
     let body = json!({"payment": pay_id, "amount": 2500, "reason": "billing_error"});
@@ -135,7 +136,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
         .is_err());
     wait_exit(&mut child).await;
     assert_eq!(app.count("simulator_refunds").await, 1);
-    let (child, base) = start_binary(&url, "").await;
+    let (child, base) = start_binary(&url, &app.keyring(), "").await;
     let client = ApiClient::new(&base, &key);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = client

@@ -756,7 +756,7 @@ mod approval_crash {
         }
     }
 
-    async fn start_binary(database_url: &str, failpoints: &str) -> (Server, String) {
+    async fn start_binary(database_url: &str, keyring: &str, failpoints: &str) -> (Server, String) {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -767,6 +767,7 @@ mod approval_crash {
             Command::new(env!("CARGO_BIN_EXE_carebill"))
                 .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
                 .env("DATABASE_URL", database_url)
+                .env("CAREBILL_KEYRING", keyring)
                 .env("CAREBILL_FAILPOINTS", failpoints)
                 .env("CAREBILL_IDEMPOTENCY_LEASE_MS", "300")
                 .env("RUST_LOG", log_level)
@@ -807,7 +808,8 @@ mod approval_crash {
             let id = id_of(&re).unwrap();
             let path = format!("/v1/refunds/{id}/approve");
 
-            let (mut child, base) = start_binary(&url, "refund_after_processor").await;
+            let (mut child, base) =
+                start_binary(&url, &app.keyring(), "refund_after_processor").await;
             let key = new_key();
             let r = ApiClient::new(&base, &approver.secret)
                 .post(&path, &json!({}), Some(&key))
@@ -823,7 +825,7 @@ mod approval_crash {
             assert_eq!(entries_of_refund(&app, &id).await, 0);
             drop(child);
 
-            let (child, base) = start_binary(&url, "").await;
+            let (child, base) = start_binary(&url, &app.keyring(), "").await;
             let r = ApiClient::new(&base, &third.secret)
                 .post(&path, &json!({}), Some(&new_key()))
                 .await

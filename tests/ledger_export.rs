@@ -257,11 +257,13 @@ both_backends!(
         build_ledger(&app).await;
         let dir = tempfile::tempdir().unwrap();
         let url = app.state().config.database_url.clone();
+        let keyring = app.keyring();
         let cli = |args: &[&str]| {
             let out = std::process::Command::new(env!("CARGO_BIN_EXE_carebill"))
                 .arg("export")
                 .args(args)
                 .env("DATABASE_URL", &url)
+                .env("CAREBILL_KEYRING", &keyring)
                 .env_remove("CAREBILL_CONFIG")
                 .output()
                 .unwrap();
@@ -305,6 +307,7 @@ both_backends!(
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_carebill"))
             .args(["export", "--format", "xlsx"])
             .env("DATABASE_URL", &url)
+            .env("CAREBILL_KEYRING", &keyring)
             .output()
             .unwrap();
         assert!(!out.status.success());

@@ -35,6 +35,7 @@ async fn logs_carry_no_health_data_keys_or_payment_methods() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_carebill"))
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", &url)
+        .env("CAREBILL_KEYRING", crate::common::test_keyring())
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::from(log_file))

@@ -671,6 +671,7 @@ mod resume_after_crash {
             Command::new(env!("CARGO_BIN_EXE_carebill"))
                 .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
                 .env("DATABASE_URL", &app.state().config.database_url)
+                .env("CAREBILL_KEYRING", app.keyring())
                 .env("CAREBILL_FAILPOINTS", failpoints)
                 .env("CAREBILL_IDEMPOTENCY_LEASE_MS", "300")
                 .env("CAREBILL_VAULT_URL", &app.vault().child.internal_url)

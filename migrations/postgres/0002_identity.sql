@@ -1,7 +1,7 @@
 -- Identity and access: staff and patient users, MFA, sessions, scoped API keys, and the
 -- security event log. Passwords are argon2id PHC strings; session tokens, recovery codes and
 -- API keys are stored as SHA-256 (they are high-entropy random values, so a slow hash adds
--- nothing). The TOTP seed is the one secret stored as such; the data-protection issue wraps it.
+-- nothing). The TOTP seed, which must be read back, is stored sealed under a data key (src/crypto).
 
 CREATE TABLE facilities (
     id            TEXT PRIMARY KEY CHECK (id LIKE 'fac\_%'),
@@ -28,7 +28,8 @@ CREATE TABLE users (
     -- Federation (OpenID Connect): the identity provider's issuer and subject, when linked.
     external_issuer         TEXT,
     external_subject        TEXT,
-    totp_secret             TEXT,
+    -- sealed under the sys:totp data key (src/crypto), never in clear
+    totp_secret             TEXT CHECK (totp_secret LIKE 'v1.%'),
     -- The last TOTP time step accepted: a code is never accepted twice (RFC 6238 §5.2).
     totp_last_step          BIGINT,
     mfa_enrolled_at_us      BIGINT,

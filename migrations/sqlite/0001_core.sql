@@ -36,18 +36,32 @@ INSERT INTO chart_of_accounts (code, name, kind, normal_side, per_patient) VALUE
     ('5100', 'Write-offs',                  'expense',        'debit',  0),
     ('5200', 'Processor fees',              'expense',        'debit',  0);
 
+-- Patients. Name, date of birth, contact details and medical record number are health data:
+-- each is stored as a ciphertext under the patient's own data key (src/crypto: AES-256-SIV,
+-- `v1.` + base64url; the key is in data_keys, wrapped under a versioned KEK). The CHECKs refuse
+-- a clear value written by mistake. Exact-match lookup goes through blind indexes (HMAC-SHA256
+-- under the keyring's index key). Erasure (crypto-shredding) destroys the data key and clears
+-- the blind indexes; the row, its id and the ledger stay.
 CREATE TABLE patients (
-    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
-    id             TEXT NOT NULL UNIQUE,
-    name           TEXT NOT NULL,
-    date_of_birth  TEXT NOT NULL,
-    email          TEXT,
-    phone          TEXT,
-    address_json   TEXT,
-    mrn            TEXT,
-    created_at_us  INTEGER NOT NULL,
-    updated_at_us  INTEGER NOT NULL
+    seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                TEXT NOT NULL UNIQUE,
+    name_enc          TEXT NOT NULL CHECK (name_enc LIKE 'v1.%'),
+    date_of_birth_enc TEXT NOT NULL CHECK (date_of_birth_enc LIKE 'v1.%'),
+    email_enc         TEXT CHECK (email_enc LIKE 'v1.%'),
+    phone_enc         TEXT CHECK (phone_enc LIKE 'v1.%'),
+    address_enc       TEXT CHECK (address_enc LIKE 'v1.%'),
+    mrn_enc           TEXT CHECK (mrn_enc LIKE 'v1.%'),
+    email_bidx        TEXT CHECK (length(email_bidx) = 64),
+    mrn_bidx          TEXT CHECK (length(mrn_bidx) = 64),
+    name_dob_bidx     TEXT CHECK (length(name_dob_bidx) = 64),
+    erased_at_us      INTEGER,
+    created_at_us     INTEGER NOT NULL,
+    updated_at_us     INTEGER NOT NULL,
+    CHECK (erased_at_us IS NULL OR (email_bidx IS NULL AND mrn_bidx IS NULL AND name_dob_bidx IS NULL))
 ) STRICT;
+CREATE INDEX patients_email_bidx ON patients (email_bidx) WHERE email_bidx IS NOT NULL;
+CREATE INDEX patients_mrn_bidx ON patients (mrn_bidx) WHERE mrn_bidx IS NOT NULL;
+CREATE INDEX patients_name_dob_bidx ON patients (name_dob_bidx) WHERE name_dob_bidx IS NOT NULL;
 
 CREATE TABLE accounts (
     seq               INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -201,8 +215,10 @@ CREATE TABLE invoice_lines (
     invoice_id        TEXT NOT NULL REFERENCES invoices (id),
     position          INTEGER NOT NULL,
     service_date      TEXT NOT NULL,
-    code              TEXT NOT NULL,
-    description       TEXT NOT NULL,
+    -- the procedure code and its description are health data: ciphertexts under the
+    -- patient's data key, like the patient's own fields
+    code_enc          TEXT NOT NULL CHECK (code_enc LIKE 'v1.%'),
+    description_enc   TEXT NOT NULL CHECK (description_enc LIKE 'v1.%'),
     quantity          INTEGER NOT NULL CHECK (quantity > 0),
     unit_amount_minor INTEGER NOT NULL CHECK (unit_amount_minor > 0),
     amount_minor      INTEGER NOT NULL CHECK (amount_minor = quantity * unit_amount_minor),
@@ -331,11 +347,13 @@ CREATE INDEX refunds_status ON refunds (status, seq);
 CREATE TABLE idempotency_keys (
     principal_id        TEXT NOT NULL,
     key                 TEXT NOT NULL,
-    request_sha256      TEXT NOT NULL,
+    -- HMAC-SHA256 (blind-index key) of the route and canonical body: a request may hold health data
+    request_hmac        TEXT NOT NULL,
     phase               TEXT NOT NULL CHECK (phase IN ('started', 'processor_called', 'finished')),
     resource_id         TEXT,
     response_status     INTEGER,
-    response_body       TEXT,
+    -- sealed under the sys:idempotency data key (it may hold health data)
+    response_body       TEXT CHECK (response_body LIKE 'v1.%'),
     -- random per holder: a holder releases only its own lease
     lease_token         TEXT NOT NULL,
     locked_until_us     INTEGER NOT NULL,
@@ -362,12 +380,12 @@ CREATE TABLE simulator_refunds (
     created_at_us   INTEGER NOT NULL
 ) STRICT;
 
--- This deployment: an id (so an export cursor from another deployment is recognised) and the
--- key of the patient pseudonyms in exports. Created by the application on first use.
+-- This deployment: an id (so an export cursor from another deployment is recognised). The key
+-- of the patient pseudonyms in exports is the sys:export-pseudonyms data key (data_keys, wrapped
+-- under the KEK). Created by the application on first use.
 CREATE TABLE deployment (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
     deployment_id TEXT NOT NULL,
-    export_key    BLOB NOT NULL CHECK (length(export_key) = 32),
     created_at_us INTEGER NOT NULL
 ) STRICT;
 

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod format;
 pub mod reports;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -59,7 +60,10 @@ pub fn router() -> Router<AppState> {
 #[derive(Clone)]
 pub struct Deployment {
     pub id: String,
-    key: Arc<[u8]>,
+    /// The pseudonym key: the `sys:export-pseudonyms` data key (stored wrapped under the KEK).
+    key: Arc<zeroize::Zeroizing<Vec<u8>>>,
+    /// For identified exports: opening patients' names.
+    keys: Arc<crate::crypto::Keys>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -69,34 +73,33 @@ impl std::fmt::Debug for Deployment {
 }
 
 impl Deployment {
-    pub async fn load(db: &Db) -> Result<Deployment, sqlx::Error> {
-        use rand::RngCore;
-        let mut key = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut key);
+    pub async fn load(db: &Db, keys: &Arc<crate::crypto::Keys>) -> ApiResult<Deployment> {
         let id = crate::ids::random_base62(10);
         sqlx::query(
-            "INSERT INTO deployment (id, deployment_id, export_key, created_at_us) \
-             VALUES (1, $1, $2, $3) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO deployment (id, deployment_id, created_at_us) \
+             VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
-        .bind(key.to_vec())
         .bind(now_us())
         .execute(&db.pool)
         .await?;
-        let row = sqlx::query("SELECT deployment_id, export_key FROM deployment WHERE id = 1")
+        let id: String = sqlx::query_scalar("SELECT deployment_id FROM deployment WHERE id = 1")
             .fetch_one(&db.pool)
             .await?;
-        let key: Vec<u8> = row.try_get(1)?;
+        let key = keys
+            .system_key(crate::crypto::store::SYS_EXPORT_PSEUDONYMS)
+            .await?;
         Ok(Deployment {
-            id: row.try_get(0)?,
-            key: key.into(),
+            id,
+            key: Arc::new(zeroize::Zeroizing::new(key.expose().to_vec())),
+            keys: keys.clone(),
         })
     }
 
     /// The keyed pseudonym of a patient id.
     pub fn pseudonym(&self, patient_id: &str) -> String {
         use hmac::{Hmac, Mac};
-        let Ok(mut mac) = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.key) else {
+        let Ok(mut mac) = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.key.as_slice()) else {
             return "ps_unavailable".to_owned();
         };
         mac.update(b"carebill/export-pseudonym/v1\0");
@@ -241,7 +244,7 @@ pub async fn export(
     ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> ApiResult<Response> {
     principal.authorize(Action::LedgerExport)?;
-    let deployment = Deployment::load(&state.db).await?;
+    let deployment = Deployment::load(&state.db, &state.keys).await?;
     let request = parse_request(&deployment, &q, principal.actor_id().to_owned())?;
     if request.identified {
         principal.authorize(Action::LedgerExportIdentified)?;
@@ -374,12 +377,13 @@ async fn stream(
     }
 
     let identified_columns = if request.identified {
-        ", pt.name, pay.card_brand, pay.card_last4"
+        ", pt.name_enc, pay.card_brand, pay.card_last4, k.kek_version, k.wrapped_key"
     } else {
         ", CAST(NULL AS TEXT), CAST(NULL AS TEXT), CAST(NULL AS TEXT)"
     };
     let identified_joins = if request.identified {
-        " LEFT JOIN patients pt ON pt.id = e.patient_id LEFT JOIN payments pay ON pay.id = e.payment_id"
+        " LEFT JOIN patients pt ON pt.id = e.patient_id LEFT JOIN payments pay ON pay.id = e.payment_id \
+          LEFT JOIN data_keys k ON k.owner = e.patient_id"
     } else {
         ""
     };
@@ -402,6 +406,7 @@ async fn stream(
         .bind(date_text(request.to))
         .fetch(&mut *tx);
     let mut current: Option<ExportEntry> = None;
+    let mut names = NameCache::new();
     while let Some(row) = rows.try_next().await? {
         let seq: i64 = row.try_get(0)?;
         if current.as_ref().is_some_and(|e| e.seq != seq) {
@@ -413,7 +418,13 @@ async fn stream(
         }
         let entry = match current.as_mut() {
             Some(e) => e,
-            None => current.insert(entry_from_row(&row, &deployment, request.identified)?),
+            None => {
+                let mut entry = entry_from_row(&row, &deployment, request.identified)?;
+                if request.identified {
+                    entry.patient_name = patient_name(&deployment.keys, &row, &mut names).await?;
+                }
+                current.insert(entry)
+            }
         };
         entry.postings.push(ExportPosting {
             account: export_account(&row, 12, &deployment, request.identified)?,
@@ -430,6 +441,52 @@ async fn stream(
         let _ = chunks.send(Ok(Bytes::from(buf))).await;
     }
     Ok(())
+}
+
+/// Patients' names opened so far in an identified export (bounded: cleared when full).
+type NameCache = HashMap<String, Option<String>>;
+const NAME_CACHE_MAX: usize = 10_000;
+
+/// The name of the entry's patient, opened with their data key: none when the entry has no
+/// patient, or their personal data is erased or fails authentication (a security event).
+async fn patient_name(
+    keys: &crate::crypto::Keys,
+    row: &AnyRow,
+    names: &mut NameCache,
+) -> anyhow::Result<Option<String>> {
+    let Some(patient) = row.try_get::<Option<String>, _>(6)? else {
+        return Ok(None);
+    };
+    if let Some(name) = names.get(&patient) {
+        return Ok(name.clone());
+    }
+    let sealed: Option<String> = row.try_get(19)?;
+    let version: Option<i64> = row.try_get(22)?;
+    let name = match (sealed, version) {
+        (Some(sealed), Some(version)) => {
+            match keys.open_wrapped(&patient, version, row.try_get(23)?).await {
+                crate::crypto::KeyState::Available(key) => {
+                    match key.open(
+                        crate::crypto::Field::new("patients.name", &patient, &patient),
+                        &sealed,
+                    ) {
+                        Ok(name) => Some(name.as_str().to_owned()),
+                        Err(e) => {
+                            keys.report_unreadable(&patient, "patients.name", &e).await;
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if names.len() >= NAME_CACHE_MAX {
+        names.clear();
+    }
+    names.insert(patient, name.clone());
+    Ok(name)
 }
 
 fn date_text(d: Option<chrono::NaiveDate>) -> String {
@@ -525,7 +582,7 @@ fn entry_from_row(
                 deployment.pseudonym(&p)
             }
         }),
-        patient_name: if identified { row.try_get(19)? } else { None },
+        patient_name: None,
         card: match (identified, brand, last4) {
             (true, Some(b), Some(l)) => Some(format!("{b} ••••{l}")),
             _ => None,
@@ -591,9 +648,15 @@ pub struct ExportArgs {
     pub report_peak_memory: bool,
 }
 
-pub async fn run_cli(db: Db, args: ExportArgs) -> anyhow::Result<()> {
+pub async fn run_cli(
+    db: Db,
+    keys: Arc<crate::crypto::Keys>,
+    args: ExportArgs,
+) -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let deployment = Deployment::load(&db).await?;
+    let deployment = Deployment::load(&db, &keys)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.client_message()))?;
     let query = ExportQuery {
         format: Some(args.format.clone()),
         from: args.from.clone(),

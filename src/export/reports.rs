@@ -348,7 +348,7 @@ pub async fn ar_aging(
         Some(d) => date_field("as_of", d)?,
         None => chrono::Utc::now().date_naive(),
     };
-    let deployment = Deployment::load(&state.db).await?;
+    let deployment = Deployment::load(&state.db, &state.keys).await?;
     let rows = sqlx::query(
         "SELECT patient_id, currency, due_date, amount_due_minor FROM invoices \
          WHERE status IN ('open', 'partially_paid') AND amount_due_minor > 0 \

@@ -33,6 +33,14 @@ pub enum Kind {
     ApprovalRequested,
     ApprovalGranted,
     ApprovalRejected,
+    /// A stored ciphertext or wrapped key failed authentication (src/crypto).
+    CiphertextRejected,
+    /// A patient's personal data was erased (their data key destroyed).
+    PersonalDataErased,
+    /// Key operations: a KEK version added, data keys re-wrapped, a version retired.
+    KekRotated,
+    DataKeysRewrapped,
+    KekRetired,
 }
 
 impl Kind {
@@ -62,6 +70,11 @@ impl Kind {
             Kind::ApprovalRequested => "approval_requested",
             Kind::ApprovalGranted => "approval_granted",
             Kind::ApprovalRejected => "approval_rejected",
+            Kind::CiphertextRejected => "ciphertext_rejected",
+            Kind::PersonalDataErased => "personal_data_erased",
+            Kind::KekRotated => "kek_rotated",
+            Kind::DataKeysRewrapped => "data_keys_rewrapped",
+            Kind::KekRetired => "kek_retired",
         }
     }
 }

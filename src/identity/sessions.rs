@@ -636,15 +636,34 @@ async fn verify_mfa(
     ))
 }
 
+use crate::crypto::store::SYS_TOTP;
+const TOTP_COLUMN: &str = "users.totp_secret";
+
 /// Checks a TOTP code and records its time step, so it can never be used again.
 async fn check_totp(state: &AppState, user: &UserId, code: &str) -> ApiResult<bool> {
     let row = sqlx::query("SELECT totp_secret, totp_last_step FROM users WHERE id = $1")
         .bind(user.as_str())
         .fetch_one(&state.db.pool)
         .await?;
-    let secret: Option<String> = row.try_get(0)?;
+    let sealed: Option<String> = row.try_get(0)?;
     let last: Option<i64> = row.try_get(1)?;
-    let Some(secret) = secret.and_then(|s| totp::TotpSecret::from_base32(&s)) else {
+    let Some(sealed) = sealed else {
+        return Ok(false);
+    };
+    // The seed is stored sealed under the sys:totp data key (src/crypto).
+    let key = state.keys.system_key(SYS_TOTP).await?;
+    let field = crate::crypto::Field::new(TOTP_COLUMN, SYS_TOTP, user.as_str());
+    let base32 = match key.open(field, &sealed) {
+        Ok(b) => b,
+        Err(e) => {
+            state
+                .keys
+                .report_unreadable(user.as_str(), TOTP_COLUMN, &e)
+                .await;
+            return Ok(false);
+        }
+    };
+    let Some(secret) = totp::TotpSecret::from_base32(&base32) else {
         return Ok(false);
     };
     let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
@@ -712,8 +731,17 @@ async fn start_enrollment(
     let secret = totp::TotpSecret::generate();
     let enrollment = totp::enrollment(&secret, s.email.as_deref().unwrap_or(""), "carebill")
         .map_err(|e| anyhow::anyhow!("enrollment: {e}"))?;
+    let sealed = state
+        .keys
+        .system_key(SYS_TOTP)
+        .await?
+        .seal(
+            crate::crypto::Field::new(TOTP_COLUMN, SYS_TOTP, user_id.as_str()),
+            &secret.to_base32(),
+        )
+        .map_err(|e| ApiError::Internal(e.into()))?;
     sqlx::query("UPDATE users SET totp_secret = $1, updated_at_us = $2 WHERE id = $3")
-        .bind(secret.to_base32())
+        .bind(sealed)
         .bind(now_us())
         .bind(user_id.as_str())
         .execute(&state.db.pool)
@@ -832,14 +860,19 @@ async fn guest(
     if let Err(wait) = state.identity.throttle.check(&account, &ip) {
         return Err(rate_limited(wait));
     }
-    let row = sqlx::query("SELECT id, date_of_birth FROM patients WHERE access_code_sha256 = $1")
+    let row = sqlx::query("SELECT id FROM patients WHERE access_code_sha256 = $1")
         .bind(sha256_hex(&code))
         .fetch_optional(&state.db.pool)
         .await?;
     let matched = match &row {
         Some(r) => {
-            let stored: String = r.try_get(1)?;
-            digest_eq(&sha256_hex(&stored), &sha256_hex(&dob))
+            let id: String = r.try_get(0)?;
+            // The date of birth is stored encrypted: open it (an erased or unreadable one never
+            // matches).
+            match crate::patients::date_of_birth(&state.keys, &state.db, &id).await? {
+                Some(stored) => digest_eq(&sha256_hex(stored.as_str()), &sha256_hex(&dob)),
+                None => false,
+            }
         }
         None => false,
     };

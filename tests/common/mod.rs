@@ -94,6 +94,13 @@ pub fn child_logging(level: &str) -> (String, Stdio) {
     }
 }
 
+/// The keyring of the billing processes a test starts itself (`carebill serve`): one per test
+/// binary, so a restarted process opens what the previous one encrypted.
+pub fn test_keyring() -> &'static str {
+    static KEYRING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEYRING.get_or_init(|| carebill::crypto::LocalKeyring::generate_text().to_string())
+}
+
 pub fn pg_admin_url() -> String {
     std::env::var("CAREBILL_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
@@ -201,6 +208,10 @@ impl TestApp {
             // Tests fire retries in tight loops (duplicate storms, races) with one key; the
             // per-caller rate limit has its own test, which lowers this.
             api_requests_per_second: 1_000_000,
+            // Each app its own keyring: health data is encrypted in every test.
+            keyring_inline: Some(std::sync::Arc::new(
+                carebill::crypto::LocalKeyring::generate_text(),
+            )),
             ..Config::default()
         };
         adjust(&mut config);
@@ -277,6 +288,17 @@ impl TestApp {
 
     pub fn vault_mut(&mut self) -> &mut TestVault {
         self.vault.as_mut().expect("this app has no vault")
+    }
+
+    /// This app's keyring, for a process (`carebill export`, a restarted server) that opens the
+    /// same database.
+    pub fn keyring(&self) -> String {
+        self.state()
+            .config
+            .keyring_inline
+            .as_ref()
+            .expect("test apps have an inline keyring")
+            .to_string()
     }
 
     /// The server's state (database, config, processor), for tests that call library code.
