@@ -1,4 +1,5 @@
-//! The command line: `carebill serve | migrate | up | apikey create | ledger verify | export | bench`.
+//! The command line: `carebill serve | migrate | up | apikey create | ledger verify | audit
+//! verify|export|purge | export | bench`.
 
 use std::path::PathBuf;
 
@@ -55,7 +56,7 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
-    /// The audit trail: verify its hash chain.
+    /// The audit trail: verify its hash chains, export it for a SIEM, purge past retention.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -86,8 +87,20 @@ pub enum ApikeyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Seal what can be sealed, then walk the chain; exit 1 naming the first broken record.
+    /// Seal what can be sealed, then walk the chains (audit trail, security events, export
+    /// log); exit 1 naming the first broken record.
     Verify,
+    /// Remove records older than the retention (`audit_retention_days`), a sealed prefix at a
+    /// time behind an append-only checkpoint, so the chains stay verifiable.
+    Purge {
+        /// Purge only records older than this (RFC 3339 time or YYYY-MM-DD); it may not be
+        /// inside the retention period. Default: the retention's cut-off.
+        #[arg(long)]
+        before: Option<String>,
+        /// Report what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Stream the trail for a SIEM, to standard output.
     Export {
         /// RFC 3339 time or YYYY-MM-DD; default: everything.
@@ -170,10 +183,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::db::migrate(&db).await?;
             crate::audit::seal_once(&db).await?;
             let v = crate::audit::verify(&db).await?;
-            println!(
-                "audit trail intact: {} records sealed, {} not yet sealed, head {}",
-                v.sealed, v.unsealed, v.head
+            for c in &v.chains {
+                println!(
+                    "{} chain intact: {} records sealed since seq {} ({} checkpoints), {} not yet \
+                     sealed, head {}",
+                    c.chain, c.sealed, c.from_seq, c.checkpoints, c.unsealed, c.head
+                );
+            }
+            println!("audit trail intact");
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Purge { before, dry_run },
+        } => {
+            let now = crate::db::now_us();
+            let cutoff = crate::audit::purge::cutoff_us(now, config.audit_retention_days);
+            let before_us = match before.as_deref() {
+                Some(s) => crate::api::timestamp_field("before", s)
+                    .map_err(|e| anyhow::anyhow!("--before: {}", e.client_message()))?,
+                None => cutoff,
+            };
+            anyhow::ensure!(
+                before_us <= cutoff,
+                "--before is inside the retention period (audit_retention_days = {}): the \
+                 latest allowed is {}",
+                config.audit_retention_days,
+                crate::db::us_to_rfc3339(cutoff)
             );
+            let db = crate::db::Db::connect(&config.database_url).await?;
+            crate::db::migrate(&db).await?;
+            let user = std::env::var("USER").unwrap_or_default();
+            let actor = format!("cli:{user}");
+            let report = crate::audit::purge::purge(&db, before_us, &actor, dry_run).await?;
+            let verb = if dry_run { "would purge" } else { "purged" };
+            for p in &report {
+                println!(
+                    "{}: {verb} {} records and {} seals older than {}{}",
+                    p.chain,
+                    p.records,
+                    p.seals,
+                    crate::db::us_to_rfc3339(before_us),
+                    p.through_seq
+                        .map(|s| format!(" (through seq {s}, {} checkpoints)", p.checkpoints))
+                        .unwrap_or_default()
+                );
+            }
             Ok(())
         }
         Command::Audit {

@@ -22,6 +22,8 @@
 //! | `api_requests_per_second` | `CAREBILL_API_REQUESTS_PER_SECOND` | 1000 (per key or session) |
 //! | `keyring_file` | `CAREBILL_KEYRING_FILE` | none: required (`carebill keys init --file …`) |
 //! | — | `CAREBILL_KEYRING` | the keyring's text itself, instead of a file (never in a TOML file) |
+//! | `audit_retention_days` | `CAREBILL_AUDIT_RETENTION_DAYS` | 2192 (6 years) |
+//! | `audit_purge_interval_seconds` | `CAREBILL_AUDIT_PURGE_INTERVAL_SECONDS` | 86400 (0: off) |
 //!
 //! `dual_control_threshold` is an amount in *major* units of the refund's or write-off's own
 //! currency (a decimal string such as `"500.00"`, or an integer). A refund or write-off above it
@@ -29,6 +31,12 @@
 //! decimal (`Money::to_decimal`), so the same threshold means 500.00 USD (50000 cents),
 //! 500 JPY (500 minor units) and 500.000 KWD (500000 fils): there is no exchange-rate
 //! conversion between currencies, one number applies in each.
+//!
+//! `audit_retention_days` is how long the audit trail, the security event log and the export
+//! log keep a record: six years by default, HIPAA's retention for documentation (45 CFR
+//! 164.316(b)(2)); longer if a state law or your policy asks. The server purges what is older
+//! every `audit_purge_interval_seconds` (the first pass an hour after start), keeping the
+//! hash chains verifiable (see `audit::purge`).
 //!
 //! The vault is the card vault's internal (mutual-TLS) listener, e.g. `https://127.0.0.1:8445`;
 //! with `vault_url` set, the CA, client certificate and key are required.
@@ -87,6 +95,10 @@ pub struct Config {
     /// The keyring's text from `CAREBILL_KEYRING` (environment only, never printed).
     #[serde(skip)]
     pub keyring_inline: Option<std::sync::Arc<zeroize::Zeroizing<String>>>,
+    /// Days the audit logs keep a record before the retention purge removes it.
+    pub audit_retention_days: u32,
+    /// How often the server runs the retention purge; 0: never (run `carebill audit purge`).
+    pub audit_purge_interval_seconds: u64,
 }
 
 /// Deserializes a decimal setting from a string (`"500.00"`) or an integer (`500`); a TOML
@@ -138,6 +150,8 @@ impl Default for Config {
             api_requests_per_second: 1000,
             keyring_file: None,
             keyring_inline: None,
+            audit_retention_days: 2192,
+            audit_purge_interval_seconds: 86_400,
         }
     }
 }
@@ -179,6 +193,11 @@ impl std::fmt::Debug for Config {
             .field(
                 "keyring_inline",
                 &self.keyring_inline.as_ref().map(|_| "[redacted]"),
+            )
+            .field("audit_retention_days", &self.audit_retention_days)
+            .field(
+                "audit_purge_interval_seconds",
+                &self.audit_purge_interval_seconds,
             )
             .finish()
     }
@@ -288,6 +307,18 @@ impl Config {
         if let Some(v) = nonempty("CAREBILL_KEYRING") {
             self.keyring_inline = Some(std::sync::Arc::new(zeroize::Zeroizing::new(v)));
         }
+        if let Some(v) = nonempty("CAREBILL_AUDIT_RETENTION_DAYS") {
+            self.audit_retention_days = v.parse().map_err(|_| {
+                anyhow::anyhow!("CAREBILL_AUDIT_RETENTION_DAYS must be a whole number of days")
+            })?;
+        }
+        if let Some(v) = nonempty("CAREBILL_AUDIT_PURGE_INTERVAL_SECONDS") {
+            self.audit_purge_interval_seconds = v.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "CAREBILL_AUDIT_PURGE_INTERVAL_SECONDS must be a whole number of seconds"
+                )
+            })?;
+        }
         if let Some(v) = nonempty("CAREBILL_DUAL_CONTROL_THRESHOLD") {
             self.dual_control_threshold = parse_decimal_setting(&v)
                 .map_err(|e| anyhow::anyhow!("CAREBILL_DUAL_CONTROL_THRESHOLD: {e}"))?;
@@ -317,6 +348,10 @@ impl Config {
         anyhow::ensure!(
             !self.dual_control_threshold.is_sign_negative(),
             "dual_control_threshold must not be negative"
+        );
+        anyhow::ensure!(
+            (1..=36_500).contains(&self.audit_retention_days),
+            "audit_retention_days must be between 1 and 36500"
         );
         crate::db::Backend::from_url(&self.database_url)?;
         self.validate_vault()
@@ -377,6 +412,35 @@ mod tests {
         assert_eq!(c.addr, "127.0.0.1:9");
         assert!(!format!("{c:?}").contains("secret"));
         assert!(toml::from_str::<Config>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn audit_retention_defaults_to_six_years_and_is_checked() {
+        let mut c = Config::default();
+        assert_eq!(c.audit_retention_days, 2192);
+        assert_eq!(c.audit_purge_interval_seconds, 86_400);
+        c.apply_env(|n| match n {
+            "CAREBILL_AUDIT_RETENTION_DAYS" => Some("3650".to_owned()),
+            "CAREBILL_AUDIT_PURGE_INTERVAL_SECONDS" => Some("0".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(
+            (c.audit_retention_days, c.audit_purge_interval_seconds),
+            (3650, 0)
+        );
+        c.validate().unwrap();
+        let err = c
+            .apply_env(|n| (n == "CAREBILL_AUDIT_RETENTION_DAYS").then(|| "six".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CAREBILL_AUDIT_RETENTION_DAYS"), "{err}");
+        c.audit_retention_days = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("audit_retention_days"));
     }
 
     #[test]

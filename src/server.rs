@@ -199,7 +199,7 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     // The dummy password hash and the common-password list, built before the first sign-in
     // (so the first unknown-user attempt takes no longer than any other).
     tokio::task::spawn_blocking(crate::identity::password::warm_up);
-    let audit = crate::audit::AuditSink::start(db.clone());
+    let audit = crate::audit::AuditSink::start(db.clone(), &config);
     Ok(AppState {
         db,
         config: Arc::new(config),

@@ -1,6 +1,9 @@
 //! The audit trail on both backends: every API request is recorded (who, what, which
 //! resource, outcome; never the data), the auditor can query it, and the hash chain catches a
-//! record edited, deleted or reordered directly in the database.
+//! record edited, deleted or reordered directly in the database — in the audit trail, the
+//! security event log and the export log alike. Retention purges old records behind a
+//! checkpoint; the chain stays verifiable, and tampering after a purge (edits, deletions, a
+//! forged checkpoint) is still caught.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -22,17 +25,47 @@ async fn written_and_sealed(app: &TestApp, n: i64) {
     carebill::audit::seal_once(&app.db).await.unwrap();
 }
 
-async fn unguard(app: &TestApp) {
-    let statements: &[&str] = match app.backend {
-        carebill::db::Backend::Sqlite => &[
-            "DROP TRIGGER audit_events_no_update",
-            "DROP TRIGGER audit_events_no_delete",
-        ],
-        carebill::db::Backend::Postgres => &["ALTER TABLE audit_events DISABLE TRIGGER USER"],
+/// Drops the append-only guard of `table` (what someone with DDL rights could do).
+async fn unguard_table(app: &TestApp, table: &str) {
+    let statements: Vec<String> = match app.backend {
+        carebill::db::Backend::Sqlite => {
+            let mut s = vec![
+                format!("DROP TRIGGER IF EXISTS {table}_no_update"),
+                format!("DROP TRIGGER IF EXISTS {table}_no_delete"),
+            ];
+            if table == "audit_checkpoints" {
+                s.push("DROP TRIGGER audit_checkpoints_consistent".to_owned());
+            }
+            s
+        }
+        carebill::db::Backend::Postgres => {
+            vec![format!("ALTER TABLE {table} DISABLE TRIGGER USER")]
+        }
     };
     for sql in statements {
-        sqlx::query(sql).execute(&app.db.pool).await.unwrap();
+        sqlx::query(&sql).execute(&app.db.pool).await.unwrap();
     }
+}
+
+async fn unguard(app: &TestApp) {
+    unguard_table(app, "audit_events").await;
+}
+
+async fn verify_err(app: &TestApp) -> String {
+    carebill::audit::verify(&app.db)
+        .await
+        .unwrap_err()
+        .to_string()
+}
+
+fn run_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_carebill"))
+        .args(args)
+        .env("DATABASE_URL", &app.state().config.database_url)
+        .env_remove("CAREBILL_CONFIG")
+        .env_remove("CAREBILL_AUDIT_RETENTION_DAYS")
+        .output()
+        .unwrap()
 }
 
 async fn some_traffic(app: &TestApp) -> String {
@@ -94,7 +127,7 @@ both_backends!(
         // Only auditors (and admins) read it.
         assert_eq!(app.admin.get("/v1/audit_events").await.unwrap().status, 403);
         let v = carebill::audit::verify(&app.db).await.unwrap();
-        assert!(v.sealed >= 6, "{v:?}");
+        assert!(v.chain("audit").unwrap().sealed >= 6, "{v:?}");
         app
     }
 );
@@ -108,10 +141,7 @@ both_backends!(an_edited_record_is_named, |app: TestApp| async move {
         .execute(&app.db.pool)
         .await
         .unwrap();
-    let err = carebill::audit::verify(&app.db)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = verify_err(&app).await;
     assert!(err.contains("audit record 3: altered"), "{err}");
     app
 });
@@ -124,10 +154,7 @@ both_backends!(a_deleted_record_is_named, |app: TestApp| async move {
         .execute(&app.db.pool)
         .await
         .unwrap();
-    let err = carebill::audit::verify(&app.db)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = verify_err(&app).await;
     assert!(err.contains("audit record 4: deleted"), "{err}");
     app
 });
@@ -159,10 +186,7 @@ both_backends!(reordered_records_are_caught, |app: TestApp| async move {
             .await
             .unwrap();
     }
-    let err = carebill::audit::verify(&app.db)
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = verify_err(&app).await;
     assert!(err.contains("audit record 2: altered"), "{err}");
     app
 });
@@ -192,15 +216,7 @@ both_backends!(
     |app: TestApp| async move {
         some_traffic(&app).await;
         written_and_sealed(&app, 6).await;
-        let url = app.state().config.database_url.clone();
-        let run = |args: &[&str]| {
-            std::process::Command::new(env!("CARGO_BIN_EXE_carebill"))
-                .args(args)
-                .env("DATABASE_URL", &url)
-                .env_remove("CAREBILL_CONFIG")
-                .output()
-                .unwrap()
-        };
+        let run = |args: &[&str]| run_cli(&app, args);
         let out = run(&["audit", "verify"]);
         assert!(
             out.status.success(),
@@ -248,6 +264,396 @@ both_backends!(
         let out = run(&["audit", "verify"]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("audit record 2"));
+        app
+    }
+);
+
+both_backends!(
+    security_events_and_exports_are_chained_too,
+    |app: TestApp| async move {
+        // Goal: the security event log and the export log are sealed like the audit trail, and
+        // an edit or a deletion of either is named by `audit verify`.
+        let signin = app
+            .admin
+            .post(
+                "/v1/sessions",
+                &json!({"email": "nobody@example.org", "password": "not the password 42"}),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(signin.status, 401);
+        let export = app
+            .admin
+            .get_raw("/v1/ledger/export?format=csv")
+            .await
+            .unwrap();
+        assert_eq!(export.status().as_u16(), 200);
+        let _ = export.bytes().await.unwrap();
+        carebill::audit::seal_once(&app.db).await.unwrap();
+        let v = carebill::audit::verify(&app.db).await.unwrap();
+        let security = app.count("security_events").await;
+        assert_eq!(v.chain("security").unwrap().sealed, security, "{v:?}");
+        assert_eq!(v.chain("export").unwrap().sealed, 1, "{v:?}");
+        // The front door refuses edits of both logs and their seals.
+        for sql in [
+            "UPDATE security_events SET ip = NULL WHERE seq = 1",
+            "DELETE FROM security_events WHERE seq = 1",
+            "UPDATE security_event_seals SET hash = hash WHERE seq = 1",
+            "DELETE FROM security_event_seals WHERE seq = 1",
+            "UPDATE export_audit SET identified = 1 WHERE seq = 1",
+            "DELETE FROM export_audit WHERE seq = 1",
+            "DELETE FROM export_audit_seals WHERE seq = 1",
+        ] {
+            assert!(
+                sqlx::query(sql).execute(&app.db.pool).await.is_err(),
+                "{sql}"
+            );
+        }
+        // Behind it: an export made to look pseudonymous, a failed sign-in made to disappear.
+        unguard_table(&app, "export_audit").await;
+        sqlx::query("UPDATE export_audit SET identified = 1 WHERE seq = 1")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        let err = verify_err(&app).await;
+        assert!(err.contains("export record 1: altered"), "{err}");
+        sqlx::query("UPDATE export_audit SET identified = 0 WHERE seq = 1")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        assert!(carebill::audit::verify(&app.db).await.is_ok());
+        unguard_table(&app, "security_events").await;
+        let failed: i64 =
+            sqlx::query_scalar("SELECT MAX(seq) FROM security_events WHERE kind = 'signin_failed'")
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+        sqlx::query("DELETE FROM security_events WHERE seq = $1")
+            .bind(failed)
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        let err = verify_err(&app).await;
+        assert!(
+            err.contains(&format!("security event {failed}: deleted")),
+            "{err}"
+        );
+        app
+    }
+);
+
+/// Records `years` old, written as the writer writes them.
+async fn old_records(app: &TestApp, n: usize, years: i64) {
+    let at_us = carebill::db::now_us() - years * 366 * 86_400_000_000;
+    let record = carebill::audit::Record {
+        at_us,
+        actor: Some("key_longgoneLongGone00".to_owned()),
+        action: "GET /v1/patients/{id}".to_owned(),
+        resource: Some("pat_longgoneLongGone00".to_owned()),
+        ip: Some("192.0.2.7".to_owned()),
+        outcome: 200,
+        request_id: Some("req_longgoneLongGone00".to_owned()),
+    };
+    carebill::audit::write_records(&app.db, &vec![record; n])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        sqlx::query(
+            "INSERT INTO export_audit (at_us, requested_by, format, after_seq, cursor, identified, \
+             entries) VALUES ($1, 'key_longgoneLongGone00', 'csv', 0, 'c', 0, 0)",
+        )
+        .bind(at_us)
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// 40 seven-year-old records then today's traffic, sealed, then purged with the default
+/// retention through the CLI. Returns the number of today's records.
+async fn purged(app: &TestApp) -> i64 {
+    old_records(app, 40, 7).await;
+    some_traffic(app).await;
+    written_and_sealed(app, 46).await;
+    let before = app.count("audit_events").await;
+    let out = run_cli(app, &["audit", "purge"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("audit: purged 40 records"), "{stdout}");
+    assert!(stdout.contains("export: purged 3 records"), "{stdout}");
+    assert_eq!(app.count("audit_events").await, before - 40);
+    before - 40
+}
+
+both_backends!(
+    retention_purges_behind_a_checkpoint,
+    |app: TestApp| async move {
+        // Goal: records past the retention go, a checkpoint records it (and a security event),
+        // the chains still verify from the checkpoint, and nothing else can be deleted.
+        old_records(&app, 40, 7).await;
+        some_traffic(&app).await;
+        written_and_sealed(&app, 46).await;
+        let records = app.count("audit_events").await;
+        // A dry run changes nothing.
+        let out = run_cli(&app, &["audit", "purge", "--dry-run"]);
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("audit: would purge 40 records"), "{stdout}");
+        assert_eq!(app.count("audit_events").await, records);
+        assert_eq!(app.count("audit_checkpoints").await, 0);
+        // A cut-off inside the retention period is refused, naming the option.
+        let out = run_cli(&app, &["audit", "purge", "--before", "2025-01-01"]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--before") && stderr.contains("retention"),
+            "{stderr}"
+        );
+        let out = run_cli(&app, &["audit", "purge", "--before", "someday"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--before"));
+        assert_eq!(app.count("audit_events").await, records);
+
+        let out = run_cli(&app, &["audit", "purge"]);
+        assert!(out.status.success());
+        assert_eq!(app.count("audit_events").await, records - 40);
+        assert_eq!(app.count("export_audit").await, 0);
+        let cp = sqlx::query(
+            "SELECT prev_through_seq, through_seq, records_purged, actor, id FROM audit_checkpoints \
+             WHERE chain = 'audit'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        use sqlx::Row;
+        assert_eq!(cp.try_get::<i64, _>(0).unwrap(), 0);
+        assert_eq!(cp.try_get::<i64, _>(1).unwrap(), 40);
+        assert_eq!(cp.try_get::<i64, _>(2).unwrap(), 40);
+        assert!(cp.try_get::<String, _>(3).unwrap().starts_with("cli:"));
+        let id: i64 = cp.try_get(4).unwrap();
+        // The security chain starts with today's events: nothing of it was old enough.
+        assert_eq!(
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM audit_checkpoints WHERE chain = 'security'"
+            )
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap(),
+            0
+        );
+        // The purge is itself on record.
+        let detail: String = sqlx::query_scalar(
+            "SELECT detail FROM security_events WHERE kind = 'audit_purged' AND subject = 'audit_events'",
+        )
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(detail, format!("ckpt_{id}"));
+        carebill::audit::seal_once(&app.db).await.unwrap();
+        let v = carebill::audit::verify(&app.db).await.unwrap();
+        let audit = v.chain("audit").unwrap();
+        assert_eq!((audit.from_seq, audit.checkpoints), (40, 1), "{v:?}");
+        assert_eq!(audit.sealed, records - 40);
+        assert_eq!(v.chain("export").unwrap().from_seq, 3);
+        // A second run finds nothing more to purge.
+        let out = run_cli(&app, &["audit", "purge"]);
+        assert!(out.status.success());
+        assert_eq!(app.count("audit_checkpoints").await, 2);
+        // Still append-only: records above the checkpoint, the checkpoints themselves, and a
+        // checkpoint that does not continue the chain or names the wrong seal.
+        let seal41: String = sqlx::query_scalar("SELECT hash FROM audit_seals WHERE seq = 41")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        for sql in [
+            "DELETE FROM audit_events WHERE seq = 41".to_owned(),
+            "DELETE FROM audit_seals WHERE seq = 41".to_owned(),
+            "UPDATE audit_events SET actor = NULL WHERE seq = 41".to_owned(),
+            "UPDATE audit_checkpoints SET records_purged = 1".to_owned(),
+            "DELETE FROM audit_checkpoints".to_owned(),
+            format!(
+                "INSERT INTO audit_checkpoints (chain, prev_through_seq, through_seq, through_hash, \
+                 records_purged, seals_purged, purged_before_us, at_us, actor, hash) VALUES \
+                 ('audit', 40, 41, '{}', 1, 1, 0, 0, 'x', '{}')",
+                "ab".repeat(32),
+                "ab".repeat(32)
+            ),
+            format!(
+                "INSERT INTO audit_checkpoints (chain, prev_through_seq, through_seq, through_hash, \
+                 records_purged, seals_purged, purged_before_us, at_us, actor, hash) VALUES \
+                 ('audit', 0, 41, '{seal41}', 1, 1, 0, 0, 'x', '{}')",
+                "ab".repeat(32)
+            ),
+        ] {
+            assert!(
+                sqlx::query(&sql).execute(&app.db.pool).await.is_err(),
+                "{sql}"
+            );
+        }
+        assert!(carebill::audit::verify(&app.db).await.is_ok());
+        app
+    }
+);
+
+both_backends!(
+    tampering_after_a_purge_is_still_caught,
+    |app: TestApp| async move {
+        // Goal: with the chain starting at a checkpoint, an edit right after it, an edit
+        // further on and a deletion are each named.
+        purged(&app).await;
+        unguard(&app).await;
+        let original: i64 = sqlx::query_scalar("SELECT outcome FROM audit_events WHERE seq = 41")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        for outcome in [original + 1, original] {
+            sqlx::query("UPDATE audit_events SET outcome = $1 WHERE seq = 41")
+                .bind(outcome)
+                .execute(&app.db.pool)
+                .await
+                .unwrap();
+            if outcome != original {
+                let err = verify_err(&app).await;
+                assert!(err.contains("audit record 41: altered"), "{err}");
+            }
+        }
+        assert!(carebill::audit::verify(&app.db).await.is_ok());
+        sqlx::query("UPDATE audit_events SET ip = '10.9.9.9' WHERE seq = 43")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        let err = verify_err(&app).await;
+        assert!(err.contains("audit record 43: altered"), "{err}");
+        sqlx::query("DELETE FROM audit_events WHERE seq = 42")
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+        let err = verify_err(&app).await;
+        assert!(err.contains("audit record 42: deleted"), "{err}");
+        app
+    }
+);
+
+both_backends!(a_forged_checkpoint_is_caught, |app: TestApp| async move {
+    // Goal: someone with DDL rights deletes recent records behind a checkpoint of their
+    // own; whether its hash is made up, it is placed on the real seal but leaves the rows,
+    // or the real checkpoint is edited, `audit verify` says so.
+    purged(&app).await;
+    for table in ["audit_events", "audit_seals", "audit_checkpoints"] {
+        unguard_table(&app, table).await;
+    }
+    let forge = |through: i64, through_hash: String| {
+        let pool = app.db.pool.clone();
+        async move {
+            let prev: String = sqlx::query_scalar(
+                "SELECT hash FROM audit_checkpoints WHERE chain = 'audit' ORDER BY id DESC LIMIT 1",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            let mut cp = carebill::audit::chain::Checkpoint {
+                id: 0,
+                chain: "audit".to_owned(),
+                prev_through_seq: 40,
+                through_seq: through,
+                through_hash,
+                records_purged: through - 40,
+                seals_purged: through - 40,
+                purged_before_us: 0,
+                at_us: carebill::db::now_us(),
+                actor: "cli:mallory".to_owned(),
+                hash: String::new(),
+            };
+            cp.hash = cp.compute_hash(&prev);
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (chain, prev_through_seq, through_seq, \
+                     through_hash, records_purged, seals_purged, purged_before_us, at_us, actor, \
+                     hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&cp.chain)
+            .bind(cp.prev_through_seq)
+            .bind(cp.through_seq)
+            .bind(&cp.through_hash)
+            .bind(cp.records_purged)
+            .bind(cp.seals_purged)
+            .bind(cp.purged_before_us)
+            .bind(cp.at_us)
+            .bind(&cp.actor)
+            .bind(&cp.hash)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    // The real seal at 43, but today's records 41–43 left in place.
+    let seal43: String = sqlx::query_scalar("SELECT hash FROM audit_seals WHERE seq = 43")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    forge(43, seal43).await;
+    let err = verify_err(&app).await;
+    assert!(
+        err.contains("audit record 41: still present under checkpoint"),
+        "{err}"
+    );
+    // Now with the records gone too, but a made-up hash: inconsistent with what follows.
+    sqlx::query("DELETE FROM audit_checkpoints WHERE prev_through_seq = 40")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    for table in ["audit_events", "audit_seals"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE seq <= 43"))
+            .execute(&app.db.pool)
+            .await
+            .unwrap();
+    }
+    forge(43, "ab".repeat(32)).await;
+    let err = verify_err(&app).await;
+    assert!(
+        err.contains("audit record 44: altered, or checkpoint") && err.contains("forged"),
+        "{err}"
+    );
+    // An edited checkpoint: its own hash no longer matches.
+    sqlx::query("UPDATE audit_checkpoints SET records_purged = 1 WHERE prev_through_seq = 0")
+        .execute(&app.db.pool)
+        .await
+        .unwrap();
+    let err = verify_err(&app).await;
+    assert!(
+        err.contains("audit chain checkpoint") && err.contains("altered or forged"),
+        "{err}"
+    );
+    app
+});
+
+both_backends!(
+    the_server_purges_on_its_own,
+    spawn = |backend| TestApp::spawn_with(backend, |c| c.audit_purge_interval_seconds = 1),
+    |app: TestApp| async move {
+        // Goal: with an interval set, the server's retention job purges without anyone asking,
+        // as `system:retention`.
+        old_records(&app, 25, 7).await;
+        let mut actor = None;
+        for _ in 0..100 {
+            actor = sqlx::query_scalar::<_, String>(
+                "SELECT actor FROM audit_checkpoints WHERE chain = 'audit'",
+            )
+            .fetch_optional(&app.db.pool)
+            .await
+            .unwrap();
+            if actor.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(actor.as_deref(), Some("system:retention"));
+        assert_eq!(app.count("audit_events").await, 0);
+        assert!(carebill::audit::verify(&app.db).await.is_ok());
         app
     }
 );

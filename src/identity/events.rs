@@ -1,6 +1,8 @@
 //! The security event log: sign-ins and their failures, MFA events, permission denials, role,
-//! user and key changes. Append-only (the database refuses updates and deletes); never a
-//! password, a code or a token — the `detail` is a fixed word or an id.
+//! user and key changes, retention purges. Append-only (the database refuses updates, and
+//! deletes other than the retention purge's), and hash-chained by the audit sealer
+//! (`security_event_seals`, see `audit::chain`); never a password, a code or a token — the
+//! `detail` is a fixed word or an id.
 
 use crate::db::{now_us, Db};
 use crate::error::current_request_id;
@@ -41,6 +43,9 @@ pub enum Kind {
     KekRotated,
     DataKeysRewrapped,
     KekRetired,
+    /// Retention removed records past their time from one of the chained logs, behind a
+    /// checkpoint (`detail` is its id; `subject` the log's table).
+    AuditPurged,
 }
 
 impl Kind {
@@ -75,6 +80,7 @@ impl Kind {
             Kind::KekRotated => "kek_rotated",
             Kind::DataKeysRewrapped => "data_keys_rewrapped",
             Kind::KekRetired => "kek_retired",
+            Kind::AuditPurged => "audit_purged",
         }
     }
 }

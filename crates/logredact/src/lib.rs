@@ -1,14 +1,16 @@
 //! A `tracing_subscriber` writer that redacts every log line on its way out: card numbers
 //! (any Luhn-valid run of 12–19 digits outside a word, also grouped by spaces or dashes in
-//! groups of at most 6) and carebill secrets (`cbk_` API keys, `cbs_` session tokens, `whsec_`
-//! webhook secrets). Both carebill processes log through it, so a mistake anywhere else cannot
-//! put one of these in a log file.
+//! groups of at most 6), carebill secrets (`cbk_` API keys, `cbs_` session tokens, `whsec_`
+//! webhook secrets), and the value of any field named like a security code, a password, a
+//! secret or a health-data field ([`SENSITIVE_FIELDS`]: `"cvc":"…"` in JSON lines, `cvc=…` in
+//! human-readable ones). Both carebill processes log through it, so a mistake anywhere else
+//! cannot put one of these in a log file.
 
 use std::io::Write;
 
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Makes one [`RedactingLine`] per log event.
+/// Makes one [`RedactingLine`] per log event: redacted lines to stderr.
 #[derive(Debug, Clone, Copy)]
 pub struct Redacting;
 
@@ -16,17 +18,45 @@ impl<'a> MakeWriter<'a> for Redacting {
     type Writer = RedactingLine;
 
     fn make_writer(&'a self) -> Self::Writer {
-        RedactingLine(Vec::with_capacity(256))
+        RedactedLine::new(std::io::stderr())
     }
 }
 
-/// Collects one event's bytes and writes them, redacted, to stderr when dropped.
-#[derive(Debug)]
-pub struct RedactingLine(Vec<u8>);
+/// Makes one [`RedactedLine`] per log event around what `M` makes: redacted lines to any
+/// writer (a file, or a test's capture buffer), through the same code as [`Redacting`].
+#[derive(Debug, Clone)]
+pub struct RedactingTo<M>(pub M);
 
-impl Write for RedactingLine {
+impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for RedactingTo<M> {
+    type Writer = RedactedLine<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactedLine::new(self.0.make_writer())
+    }
+}
+
+/// One event's line on its way to stderr.
+pub type RedactingLine = RedactedLine<std::io::Stderr>;
+
+/// Collects one event's bytes and writes them, redacted, to `W` in one write when dropped.
+#[derive(Debug)]
+pub struct RedactedLine<W: Write> {
+    line: Vec<u8>,
+    out: W,
+}
+
+impl<W: Write> RedactedLine<W> {
+    fn new(out: W) -> Self {
+        RedactedLine {
+            line: Vec::with_capacity(256),
+            out,
+        }
+    }
+}
+
+impl<W: Write> Write for RedactedLine<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
+        self.line.extend_from_slice(buf);
         Ok(buf.len())
     }
 
@@ -35,14 +65,110 @@ impl Write for RedactingLine {
     }
 }
 
-impl Drop for RedactingLine {
+impl<W: Write> Drop for RedactedLine<W> {
     fn drop(&mut self) {
-        let line = redact(&self.0);
-        let _ = std::io::stderr().lock().write_all(&line);
+        let line = redact(&self.line);
+        let _ = self.out.write_all(&line);
+        let _ = self.out.flush();
     }
 }
 
 const SECRET_PREFIXES: [&[u8]; 3] = [b"cbk_", b"cbs_", b"whsec_"];
+
+/// Field names whose values never reach a log line, whatever they hold: card security codes,
+/// credentials and secrets, and the health-data fields of a patient's record. (Not `name`,
+/// which `tracing` uses for span names, nor `token`, which the vault uses for card tokens —
+/// ids, not secrets.)
+pub const SENSITIVE_FIELDS: &[&str] = &[
+    "cvc",
+    "cvv",
+    "cvc2",
+    "security_code",
+    "password",
+    "new_password",
+    "current_password",
+    "passphrase",
+    "secret",
+    "client_secret",
+    "totp_secret",
+    "recovery_code",
+    "access_code",
+    "api_key",
+    "session_token",
+    "authorization",
+    "cookie",
+    "patient_name",
+    "full_name",
+    "date_of_birth",
+    "dob",
+    "email",
+    "phone",
+    "mrn",
+    "address",
+    "line1",
+    "line2",
+    "postal_code",
+    "description",
+    "note",
+    "diagnosis",
+];
+
+/// Where the value of a sensitive field starts, if `bytes[i..]` names one: `"field":` (JSON)
+/// or `field=` (human-readable) at a word start.
+fn sensitive_value_at(bytes: &[u8], i: usize) -> Option<usize> {
+    let quoted = bytes.get(i) == Some(&b'"');
+    let start = if quoted { i + 1 } else { i };
+    let mut j = start;
+    while bytes.get(j).copied().is_some_and(is_word) {
+        j += 1;
+    }
+    let field = bytes.get(start..j)?;
+    if !SENSITIVE_FIELDS
+        .iter()
+        .any(|f| f.as_bytes().eq_ignore_ascii_case(field))
+    {
+        return None;
+    }
+    if quoted {
+        if bytes.get(j) != Some(&b'"') {
+            return None;
+        }
+        j += 1;
+        while bytes.get(j) == Some(&b' ') {
+            j += 1;
+        }
+        (bytes.get(j) == Some(&b':')).then_some(j + 1)
+    } else {
+        (bytes.get(j) == Some(&b'=')).then_some(j + 1)
+    }
+}
+
+/// The end of the value starting at `j` (after spaces): a quoted string with its escapes, or
+/// a bare value up to a separator.
+fn value_end(bytes: &[u8], mut j: usize) -> usize {
+    while bytes.get(j) == Some(&b' ') {
+        j += 1;
+    }
+    if bytes.get(j) == Some(&b'"') {
+        j += 1;
+        while let Some(b) = bytes.get(j).copied() {
+            j += match b {
+                b'\\' => 2,
+                b'"' => return j + 1,
+                _ => 1,
+            };
+        }
+        return bytes.len();
+    }
+    while bytes
+        .get(j)
+        .copied()
+        .is_some_and(|b| !matches!(b, b',' | b'}' | b']' | b' ' | b'\n'))
+    {
+        j += 1;
+    }
+    j
+}
 
 /// Scans the run of digits starting at `start` (which must begin a word): digits, with single
 /// spaces or dashes between them. Returns where the run ends and, when it is a card-number
@@ -105,6 +231,13 @@ pub fn redact(bytes: &[u8]) -> Vec<u8> {
     while i < bytes.len() {
         let at_word_start = i == 0 || !bytes.get(i - 1).copied().is_some_and(is_word);
         if at_word_start {
+            // A sensitive field: its name stays, its value goes.
+            if let Some(value) = sensitive_value_at(bytes, i) {
+                out.extend_from_slice(bytes.get(i..value).unwrap_or_default());
+                out.extend_from_slice(b"\"[redacted]\"");
+                i = value_end(bytes, value).max(value);
+                continue;
+            }
             // A secret: its prefix, then the rest of the word.
             if let Some(prefix) = SECRET_PREFIXES
                 .iter()
@@ -161,6 +294,36 @@ mod tests {
         assert_eq!(r("key=cbk_AbC123xyz;"), "key=cbk_[redacted];");
         assert_eq!(r("Bearer cbs_0123456789abcdef"), "Bearer cbs_[redacted]");
         assert_eq!(r("whsec_c2VjcmV0 end"), "whsec_[redacted] end");
+    }
+
+    #[test]
+    fn sensitive_fields_lose_their_values() {
+        assert_eq!(
+            r("{\"cvc\":\"0962\",\"exp_month\":12}"),
+            "{\"cvc\":\"[redacted]\",\"exp_month\":12}"
+        );
+        assert_eq!(
+            r("{\"Password\": \"a \\\"quoted\\\" pass\", \"x\":1}"),
+            "{\"Password\":\"[redacted]\", \"x\":1}"
+        );
+        assert_eq!(r("{\"cvc\":962}"), "{\"cvc\":\"[redacted]\"}");
+        assert_eq!(
+            r("INFO signin email=jane@example.org ip=10.0.0.1"),
+            "INFO signin email=\"[redacted]\" ip=10.0.0.1"
+        );
+        assert_eq!(
+            r("date_of_birth=\"1961-07-04\" mrn=MRN-1"),
+            "date_of_birth=\"[redacted]\" mrn=\"[redacted]\""
+        );
+        // Only whole field names: `emails_sent`, `card_note_count` and a message that merely
+        // mentions a password are untouched.
+        for line in [
+            "{\"emails_sent\":3}",
+            "{\"message\":\"password accepted\",\"stage\":\"mfa\"}",
+            "xemail=1",
+        ] {
+            assert_eq!(r(line), line);
+        }
     }
 
     #[test]

@@ -8,11 +8,24 @@
 //! - **Writing**: a background writer inserts queued records in batches (at most every 20 ms),
 //!   so a read costs no write transaction of its own. The queue is bounded: when it is full,
 //!   requests wait — a record is never dropped.
-//! - **Sealing**: a background sealer chains records into `audit_seals`: each seal is SHA-256
-//!   over the previous seal and the record's canonical content. A sequence number a rolled-back
-//!   insert never used is sealed as a `gap` once it is 10 s old. No request waits on the chain.
-//! - **Verifying**: [`verify`] (`carebill audit verify`) walks the seals and names the first
-//!   record that was edited, deleted, reordered or slipped in under the seals.
+//! - **Sealing** ([`chain`]): a background sealer chains records into `audit_seals`: each seal
+//!   is SHA-256 over the previous seal and the record's canonical content. The security event
+//!   log and the export log are chained the same way. No request waits on a chain.
+//! - **Verifying**: [`verify`] (`carebill audit verify`) walks the three chains and names the
+//!   first record that was edited, deleted, reordered or slipped in under the seals.
+//! - **Retention** ([`purge`]): records past `audit_retention_days` are removed a sealed prefix
+//!   at a time behind an append-only checkpoint, so the chains stay verifiable.
+//! - **Export**: [`export`] (`carebill audit export`) streams the trail for a SIEM.
+//!
+//! # Layout
+//! - `mod.rs`: capture, the batch writer, the auditor's API, the SIEM export, the benchmark;
+//! - `chain.rs`: the chains, the sealer and the verifier;
+//! - `purge.rs`: retention with sealed checkpoints, and the server's retention job.
+
+pub mod chain;
+pub mod purge;
+
+pub use chain::{seal_once, verify, ChainState, Verified, GENESIS};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +36,6 @@ use axum::{Json, Router};
 use futures::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use sqlx::Row;
 use tokio::sync::mpsc;
 
@@ -33,14 +45,10 @@ use crate::db::{now_us, us_to_rfc3339, Db};
 use crate::error::ApiResult;
 use crate::AppState;
 
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Records queued for the writer before requests wait.
 const QUEUE_MAX: usize = 10_000;
 const BATCH_MAX: usize = 500;
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
-const SEAL_EVERY: Duration = Duration::from_millis(500);
-/// A missing sequence number older than this is a rolled-back insert: sealed as a gap.
-const GAP_GRACE_US: i64 = 10_000_000;
 
 /// One audit record before it is written.
 #[derive(Debug, Clone)]
@@ -77,11 +85,19 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    /// Starts the writer and the sealer for `db`.
-    pub fn start(db: Db) -> AuditSink {
+    /// Starts the writer, the sealer and (unless `audit_purge_interval_seconds` is 0) the
+    /// retention job for `db`.
+    pub fn start(db: Db, config: &crate::config::Config) -> AuditSink {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
         tokio::spawn(writer(db.clone(), rx));
-        tokio::spawn(sealer(db));
+        tokio::spawn(chain::sealer(db.clone()));
+        if config.audit_purge_interval_seconds > 0 {
+            tokio::spawn(purge::job(
+                db,
+                config.audit_retention_days,
+                Duration::from_secs(config.audit_purge_interval_seconds),
+            ));
+        }
         AuditSink { tx }
     }
 
@@ -107,7 +123,7 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Record>) {
         }
         let mut wait = Duration::from_millis(50);
         loop {
-            match insert_batch(&db, &batch).await {
+            match write_records(&db, &batch).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(error = %e, records = batch.len(), "audit batch not written; retrying");
@@ -120,7 +136,9 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Record>) {
     }
 }
 
-async fn insert_batch(db: &Db, batch: &[Record]) -> Result<(), sqlx::Error> {
+/// Writes `batch` in one transaction (the writer's batches; tests and the benchmark call it
+/// directly).
+pub async fn write_records(db: &Db, batch: &[Record]) -> Result<(), sqlx::Error> {
     let values = (0..batch.len())
         .map(|i| {
             let b = i * 7;
@@ -156,173 +174,7 @@ async fn insert_batch(db: &Db, batch: &[Record]) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
-/// The canonical content of a record, hashed with the previous seal.
-fn seal_hash(prev: &str, seq: i64, kind: &str, fields: &[Option<String>]) -> String {
-    let mut h = Sha256::new();
-    let seq = seq.to_be_bytes();
-    for part in [prev.as_bytes(), &seq, kind.as_bytes()] {
-        h.update(u64::try_from(part.len()).unwrap_or(u64::MAX).to_be_bytes());
-        h.update(part);
-    }
-    for f in fields {
-        match f {
-            Some(v) => {
-                h.update([1u8]);
-                h.update(u64::try_from(v.len()).unwrap_or(u64::MAX).to_be_bytes());
-                h.update(v.as_bytes());
-            }
-            None => h.update([0u8]),
-        }
-    }
-    hex::encode(h.finalize())
-}
-
-fn event_fields(r: &sqlx::any::AnyRow) -> Result<(i64, Vec<Option<String>>), sqlx::Error> {
-    let seq: i64 = r.try_get("seq")?;
-    let at: i64 = r.try_get("at_us")?;
-    let outcome: i64 = r.try_get("outcome")?;
-    Ok((
-        seq,
-        vec![
-            Some(at.to_string()),
-            r.try_get("actor")?,
-            Some(r.try_get("action")?),
-            r.try_get("resource")?,
-            r.try_get("ip")?,
-            Some(outcome.to_string()),
-            r.try_get("request_id")?,
-        ],
-    ))
-}
-
 const EVENT_COLUMNS: &str = "seq, at_us, actor, action, resource, ip, outcome, request_id";
-
-async fn sealer(db: Db) {
-    loop {
-        tokio::time::sleep(SEAL_EVERY).await;
-        if let Err(e) = seal_once(&db).await {
-            tracing::warn!(error = %e, "audit sealing pass failed; will retry");
-        }
-    }
-}
-
-/// Seals every record that can be sealed now; returns how many seals were written.
-pub async fn seal_once(db: &Db) -> anyhow::Result<usize> {
-    let mut tx = db.begin_write().await?;
-    let last = sqlx::query("SELECT seq, hash FROM audit_seals ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *tx)
-        .await?;
-    let (mut last_seq, mut prev) = match last {
-        Some(r) => (r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?),
-        None => (0, GENESIS.to_owned()),
-    };
-    let rows = sqlx::query(&format!(
-        "SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT 1000"
-    ))
-    .bind(last_seq)
-    .fetch_all(&mut *tx)
-    .await?;
-    let now = now_us();
-    let mut seals: Vec<(i64, &'static str, String)> = Vec::new();
-    'records: for r in &rows {
-        let (seq, fields) = event_fields(r)?;
-        let at: i64 = r.try_get("at_us")?;
-        // Numbers skipped before this one: rolled back, or not yet committed. Seal them as
-        // gaps only once the record after them is old enough that they cannot still commit.
-        while last_seq + 1 < seq {
-            if now - at < GAP_GRACE_US {
-                break 'records;
-            }
-            last_seq += 1;
-            prev = seal_hash(&prev, last_seq, "gap", &[]);
-            seals.push((last_seq, "gap", prev.clone()));
-        }
-        prev = seal_hash(&prev, seq, "event", &fields);
-        seals.push((seq, "event", prev.clone()));
-        last_seq = seq;
-    }
-    // Multi-row inserts: one round trip per few hundred seals.
-    for chunk in seals.chunks(250) {
-        let values = (0..chunk.len())
-            .map(|i| {
-                format!(
-                    "(${}, ${}, ${}, ${})",
-                    i * 4 + 1,
-                    i * 4 + 2,
-                    i * 4 + 3,
-                    i * 4 + 4
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql =
-            format!("INSERT INTO audit_seals (seq, kind, hash, sealed_at_us) VALUES {values}");
-        let mut q = sqlx::query(&sql);
-        for (seq, kind, hash) in chunk {
-            q = q.bind(*seq).bind(*kind).bind(hash.clone()).bind(now);
-        }
-        q.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(seals.len())
-}
-
-/// What [`verify`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    pub sealed: i64,
-    pub unsealed: i64,
-    pub head: String,
-}
-
-/// Walks the chain from the first seal. Fails naming the first record that does not match.
-pub async fn verify(db: &Db) -> anyhow::Result<Verified> {
-    let mut conn = db.pool.acquire().await?;
-    let sql = format!(
-        "SELECT s.seq AS seal_seq, s.kind, s.hash, e.{} FROM audit_seals s \
-         LEFT JOIN audit_events e ON e.seq = s.seq ORDER BY s.seq",
-        EVENT_COLUMNS.replace(", ", ", e.")
-    );
-    let mut rows = sqlx::query(&sql).fetch(&mut *conn);
-    let mut prev = GENESIS.to_owned();
-    let mut expected = 1i64;
-    let mut sealed = 0i64;
-    while let Some(r) = rows.try_next().await? {
-        let seq: i64 = r.try_get("seal_seq")?;
-        let kind: String = r.try_get("kind")?;
-        let hash: String = r.try_get("hash")?;
-        anyhow::ensure!(
-            seq == expected,
-            "audit record {expected}: its seal is missing"
-        );
-        let present = r.try_get::<Option<i64>, _>("seq")?.is_some();
-        let recomputed = match (kind.as_str(), present) {
-            ("event", true) => seal_hash(&prev, seq, "event", &event_fields(&r)?.1),
-            ("event", false) => anyhow::bail!("audit record {seq}: deleted (sealed, now missing)"),
-            ("gap", false) => seal_hash(&prev, seq, "gap", &[]),
-            _ => anyhow::bail!(
-                "audit record {seq}: present where a gap was sealed (inserted afterwards)"
-            ),
-        };
-        anyhow::ensure!(
-            recomputed == hash,
-            "audit record {seq}: altered (its content or the chain before it does not match its seal)"
-        );
-        prev = hash;
-        expected = seq + 1;
-        sealed += 1;
-    }
-    drop(rows);
-    let unsealed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE seq >= $1")
-        .bind(expected)
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(Verified {
-        sealed,
-        unsealed,
-        head: prev,
-    })
-}
 
 /// The ids a request names: path segments and id-valued query parameters. Only ids, checked
 /// against the id alphabet, never other values (a name or card number in a query string must
@@ -483,8 +335,8 @@ pub async fn bench(args: BenchAuditArgs) -> anyhow::Result<()> {
         targets.push(format!("sqlite://{}/audit.db", dir.display()));
     }
     println!(
-        "{:<9} {:>10} {:>16} {:>16}",
-        "backend", "records", "written/s", "sealed/s"
+        "{:<9} {:>10} {:>12} {:>12} {:>12} {:>12}",
+        "backend", "records", "written/s", "sealed/s", "verified/s", "purged/s"
     );
     for url in targets {
         let db = Db::connect(&url).await?;
@@ -502,7 +354,7 @@ pub async fn bench(args: BenchAuditArgs) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let mut written = 0;
         while written < args.records {
-            insert_batch(&db, &batch).await?;
+            write_records(&db, &batch).await?;
             written += BATCH_MAX;
         }
         let write_secs = started.elapsed().as_secs_f64();
@@ -516,14 +368,31 @@ pub async fn bench(args: BenchAuditArgs) -> anyhow::Result<()> {
             sealed += n;
         }
         let seal_secs = started.elapsed().as_secs_f64();
-        let v = verify(&db).await?;
+        let started = std::time::Instant::now();
+        let v = chain::verify_chain(&db, &chain::AUDIT).await?;
+        let verify_secs = started.elapsed().as_secs_f64();
         anyhow::ensure!(v.unsealed == 0, "records left unsealed");
+        // Everything written so far is older than a cut-off a second from now.
+        let started = std::time::Instant::now();
+        let purged = purge::purge(&db, now_us() + 1_000_000, "bench", false).await?;
+        let purge_secs = started.elapsed().as_secs_f64();
+        let purged = purged
+            .iter()
+            .find(|p| p.chain == "audit")
+            .map_or(0, |p| p.records);
+        anyhow::ensure!(
+            usize::try_from(purged).unwrap_or(0) == written,
+            "purged {purged} of {written} records"
+        );
+        chain::verify_chain(&db, &chain::AUDIT).await?;
         println!(
-            "{:<9} {:>10} {:>16.0} {:>16.0}",
+            "{:<9} {:>10} {:>12.0} {:>12.0} {:>12.0} {:>12.0}",
             db.backend.name(),
             sealed,
             per_second(written, write_secs),
-            per_second(sealed, seal_secs)
+            per_second(sealed, seal_secs),
+            per_second(written, verify_secs),
+            per_second(written, purge_secs)
         );
         db.pool.close().await;
     }
