@@ -413,7 +413,10 @@ class Testbed:
         self.wait_for("the vault", lambda: os.path.exists(ready)
                       and "tokenizer listening" in open(ready).read(), p)
 
-        # Billing: all of its settings in one place (later: field-encryption KEK files here).
+        # Billing's keyring (field encryption of health data): made by the real CLI, offline.
+        keyring = os.path.join(self.work, "billing.keyring")
+        run([self.args.carebill, "keys", "init", "--file", keyring])
+        # Billing: all of its settings in one place.
         billing_env = {
             **base_env,
             "DATABASE_URL": billing_db,
@@ -425,6 +428,7 @@ class Testbed:
             "CAREBILL_VAULT_CA": c("ca.pem"),
             "CAREBILL_VAULT_CLIENT_CERT": c("billing-client.pem"),
             "CAREBILL_VAULT_CLIENT_KEY": c("billing-client.key"),
+            "CAREBILL_KEYRING_FILE": keyring,
             "RUST_LOG": "info",
         }
         out = ns_run(self.ns("carebill"), [self.args.carebill, "apikey", "create", "--role",

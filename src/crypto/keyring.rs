@@ -171,7 +171,8 @@ impl LocalKeyring {
         Ok(LocalKeyring { keks, index })
     }
 
-    /// Reads a keyring file; refuses one that others can read (on Unix).
+    /// Reads a keyring file; warns when others can read it (on Unix). Not a refusal: container
+    /// secret mounts are often world-readable inside their own, single-user filesystem.
     pub fn read(path: &Path) -> anyhow::Result<LocalKeyring> {
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
             anyhow::anyhow!("cannot read the keyring file {}: {e}", path.display())
@@ -181,10 +182,10 @@ impl LocalKeyring {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(path)?.permissions().mode();
             if mode & 0o077 != 0 {
-                anyhow::bail!(
-                    "the keyring file {} can be read by others (mode {:o}); chmod 600 it",
-                    path.display(),
-                    mode & 0o777
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = format!("{:o}", mode & 0o777),
+                    "the keyring file can be read by other users: chmod 600 it"
                 );
             }
         }
