@@ -35,7 +35,7 @@ use utoipa::ToSchema;
 
 use crate::api::{date_field, parse_limit, text_field, ApiJson, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
-use crate::crypto::{CryptoError, Field, KeyState, Keys};
+use crate::crypto::{notes, CryptoError, Field, KeyState, Keys};
 use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
 use crate::error::{ApiError, ApiResult};
 use crate::idempotency::{self, IdempotencyKey, MaybeClaim};
@@ -970,6 +970,7 @@ const ADJUSTMENT_COLUMNS: &str = "seq, id, invoice_id, kind, amount_minor, curre
 
 /// Answers with the adjustment as `tx` left it, saved under the key.
 async fn respond_adjustment(
+    keys: &Keys,
     tx: &mut Tx,
     claim: &MaybeClaim,
     id: &AdjustmentId,
@@ -980,7 +981,46 @@ async fn respond_adjustment(
     .bind(id.as_str())
     .fetch_one(&mut **tx)
     .await?;
-    idempotency::respond_ok(tx, claim, &adjustment_from_row(&row)?).await
+    let mut adjustment = adjustment_from_row(&row)?;
+    open_adjustment_texts(&mut notes::Opener::new(keys), tx, &mut adjustment).await?;
+    idempotency::respond_ok(tx, claim, &adjustment).await
+}
+
+const ADJUSTMENT_REASON: &str = "adjustments.reason";
+const ADJUSTMENT_REJECTION: &str = "adjustments.rejection_reason";
+
+/// Replaces the sealed reason and rejection reason (as read from the row) with their text; an
+/// erased patient's adjustment keeps its amount and says `[unavailable]` for its reason.
+async fn open_adjustment_texts(
+    opener: &mut notes::Opener<'_>,
+    conn: &mut sqlx::AnyConnection,
+    adjustment: &mut Adjustment,
+) -> ApiResult<()> {
+    let patient: String = sqlx::query_scalar("SELECT patient_id FROM invoices WHERE id = $1")
+        .bind(&adjustment.invoice)
+        .fetch_one(&mut *conn)
+        .await?;
+    let sealed = std::mem::take(&mut adjustment.reason);
+    adjustment.reason = opener
+        .open(
+            &mut *conn,
+            &patient,
+            ADJUSTMENT_REASON,
+            &adjustment.id,
+            Some(sealed),
+        )
+        .await?
+        .unwrap_or_else(|| "[unavailable]".to_owned());
+    adjustment.rejection_reason = opener
+        .open(
+            &mut *conn,
+            &patient,
+            ADJUSTMENT_REJECTION,
+            &adjustment.id,
+            adjustment.rejection_reason.take(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Checks that an open invoice owes at least `amount`.
@@ -1069,14 +1109,15 @@ pub async fn create_adjustment(
         let backend = st.db.backend;
         st.db
             .write(|tx| {
-                let (claim, id, reason, requested_by, config) =
-                    (claim.clone(), id.clone(), reason.clone(), requested_by.clone(), st.config.clone());
+                let (claim, id, reason, requested_by, config, keys) =
+                    (claim.clone(), id.clone(), reason.clone(), requested_by.clone(), st.config.clone(), st.keys.clone());
                 Box::pin(async move {
                     idempotency::claim(tx, &claim).await?;
                     let mut invoice = lock(tx, backend, &id, "id").await?;
                     let amount = amount.of(invoice.currency);
                     check_adjustable(&invoice, amount)?;
                     let adjustment_id = AdjustmentId::generate();
+                    let sealed_reason = notes::seal(&keys, tx, invoice.patient.as_str(), ADJUSTMENT_REASON, adjustment_id.as_str(), Some(reason.as_str()), "reason").await?;
                     let held = kind == AdjustmentKind::WriteOff && config.needs_second_approver(amount);
                     let entry_id = EntryId::generate();
                     sqlx::query(
@@ -1088,7 +1129,7 @@ pub async fn create_adjustment(
                     .bind(kind.as_str())
                     .bind(amount.amount_minor())
                     .bind(invoice.currency.code())
-                    .bind(&reason)
+                    .bind(sealed_reason)
                     .bind(if held { "pending_approval" } else { "posted" })
                     .bind((!held).then(|| entry_id.as_str().to_owned()))
                     .bind(&requested_by)
@@ -1105,10 +1146,10 @@ pub async fn create_adjustment(
                             requested_by = %requested_by,
                             "dual control: write-off awaits a second billing manager's approval"
                         );
-                        return respond_adjustment(tx, &claim, &adjustment_id).await;
+                        return respond_adjustment(&keys, tx, &claim, &adjustment_id).await;
                     }
                     let entry = apply_adjustment(tx, &mut invoice, &adjustment_id, kind, amount, &entry_id).await?;
-                    let response = respond_adjustment(tx, &claim, &adjustment_id).await?;
+                    let response = respond_adjustment(&keys, tx, &claim, &adjustment_id).await?;
                     posting::post(tx, backend, entry).await?; // last: the contra account is hot
                     Ok(response)
                 })
@@ -1210,7 +1251,7 @@ pub async fn approve_adjustment(
         let backend = st.db.backend;
         st.db
             .write(|tx| {
-                let (claim, id, adjustment, approver) = (claim.clone(), id.clone(), adjustment.clone(), approver.clone());
+                let (claim, id, adjustment, approver, keys) = (claim.clone(), id.clone(), adjustment.clone(), approver.clone(), st.keys.clone());
                 Box::pin(async move {
                     idempotency::claim(tx, &claim).await?;
                     let (mut invoice, held) = lock_adjustment(tx, backend, &id, &adjustment).await?;
@@ -1224,7 +1265,7 @@ pub async fn approve_adjustment(
                             return Err(ApiError::refused("adjustment", "adjustment_rejected", "The write-off was rejected; it cannot be approved."))
                         }
                         // Approved by someone already: the posted adjustment as it stands.
-                        _ if held.approved_by.is_some() => return respond_adjustment(tx, &claim, &adjustment).await,
+                        _ if held.approved_by.is_some() => return respond_adjustment(&keys, tx, &claim, &adjustment).await,
                         _ => {
                             return Err(ApiError::refused(
                                 "adjustment",
@@ -1271,7 +1312,7 @@ pub async fn approve_adjustment(
                         },
                     )
                     .await?;
-                    let response = respond_adjustment(tx, &claim, &held.id).await?;
+                    let response = respond_adjustment(&keys, tx, &claim, &held.id).await?;
                     posting::post(tx, backend, entry).await?; // last: the contra account is hot
                     Ok(response)
                 })
@@ -1311,14 +1352,14 @@ pub async fn reject_adjustment(
         let backend = st.db.backend;
         st.db
             .write(|tx| {
-                let (claim, id, adjustment, reason, rejecter) =
-                    (claim.clone(), id.clone(), adjustment.clone(), reason.clone(), rejecter.clone());
+                let (claim, id, adjustment, reason, rejecter, keys) =
+                    (claim.clone(), id.clone(), adjustment.clone(), reason.clone(), rejecter.clone(), st.keys.clone());
                 Box::pin(async move {
                     idempotency::claim(tx, &claim).await?;
-                    let (_invoice, held) = lock_adjustment(tx, backend, &id, &adjustment).await?;
+                    let (invoice, held) = lock_adjustment(tx, backend, &id, &adjustment).await?;
                     match held.status.as_str() {
                         "pending_approval" => {}
-                        "rejected" => return respond_adjustment(tx, &claim, &adjustment).await,
+                        "rejected" => return respond_adjustment(&keys, tx, &claim, &adjustment).await,
                         _ => {
                             return Err(ApiError::refused(
                                 "adjustment",
@@ -1328,13 +1369,14 @@ pub async fn reject_adjustment(
                         }
                     }
                     let now = now_us();
+                    let sealed_reason = notes::seal(&keys, tx, invoice.patient.as_str(), ADJUSTMENT_REJECTION, held.id.as_str(), Some(reason.as_str()), "reason").await?;
                     sqlx::query(
                         "UPDATE adjustments SET status = 'rejected', rejected_by = $1, rejected_at_us = $2, rejection_reason = $3 \
                          WHERE id = $4 AND status = 'pending_approval'",
                     )
                     .bind(&rejecter)
                     .bind(now)
-                    .bind(&reason)
+                    .bind(sealed_reason)
                     .bind(held.id.as_str())
                     .execute(&mut **tx)
                     .await?;
@@ -1357,7 +1399,7 @@ pub async fn reject_adjustment(
                         },
                     )
                     .await?;
-                    respond_adjustment(tx, &claim, &held.id).await
+                    respond_adjustment(&keys, tx, &claim, &held.id).await
                 })
             })
             .await
@@ -1393,10 +1435,16 @@ pub async fn list_adjustments(
     .bind(limit.saturating_add(1))
     .fetch_all(&state.db.pool)
     .await?;
-    let items = rows
+    let mut items = rows
         .iter()
         .map(adjustment_from_row)
         .collect::<ApiResult<Vec<_>>>()?;
+    let mut conn = state.db.pool.acquire().await?;
+    let mut opener = notes::Opener::new(&state.keys);
+    for adjustment in &mut items {
+        open_adjustment_texts(&mut opener, &mut conn, adjustment).await?;
+    }
+    drop(conn);
     Ok(Json(List::from_rows(
         items,
         limit,

@@ -54,6 +54,7 @@ use utoipa::ToSchema;
 
 use crate::api::{parse_limit, text_field, ApiJson, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
+use crate::crypto::{notes, Keys};
 use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
 use crate::error::{ApiError, ApiResult, ErrorType};
 use crate::idempotency::{self, IdempotencyKey, MaybeClaim, Phase};
@@ -379,8 +380,13 @@ async fn send(
     state
         .db
         .write(|tx| {
-            let (claim, id, outcome) = (claim.clone(), refund_id.clone(), outcome.clone());
-            Box::pin(async move { apply_outcome(tx, backend, &claim, &id, outcome).await })
+            let (claim, id, outcome, keys) = (
+                claim.clone(),
+                refund_id.clone(),
+                outcome.clone(),
+                state.keys.clone(),
+            );
+            Box::pin(async move { apply_outcome(&keys, tx, backend, &claim, &id, outcome).await })
         })
         .await
 }
@@ -400,7 +406,7 @@ async fn reserve(state: &AppState, claim: &MaybeClaim, req: &ValidRefund) -> Api
     state
         .db
         .write(|tx| {
-            let (claim, req, config) = (claim.clone(), req.clone(), state.config.clone());
+            let (claim, req, config, keys) = (claim.clone(), req.clone(), state.config.clone(), state.keys.clone());
             Box::pin(async move {
                 idempotency::claim(tx, &claim).await?;
                 let payment = payments::lock(tx, backend, &req.payment, "payment").await?;
@@ -431,6 +437,7 @@ async fn reserve(state: &AppState, claim: &MaybeClaim, req: &ValidRefund) -> Api
                 let status = if reasons.is_some() { "pending_approval" } else { "pending" };
                 let id = RefundId::generate();
                 let now = now_us();
+                let note = notes::seal(&keys, tx, payment.patient.as_str(), NOTE_COLUMN, id.as_str(), req.note.as_deref(), "note").await?;
                 sqlx::query(
                     "INSERT INTO refunds (id, payment_id, currency, amount_minor, status, reason, note, processor_idempotency_key, \
                      payment_method, requested_by, approval_reasons, created_at_us, updated_at_us) \
@@ -442,7 +449,7 @@ async fn reserve(state: &AppState, claim: &MaybeClaim, req: &ValidRefund) -> Api
                 .bind(amount.amount_minor())
                 .bind(status)
                 .bind(req.reason.as_str())
-                .bind(req.note.clone())
+                .bind(note)
                 .bind(format!("carebill-{id}"))
                 .bind(destination)
                 .bind(&req.requested_by)
@@ -480,7 +487,7 @@ async fn reserve(state: &AppState, claim: &MaybeClaim, req: &ValidRefund) -> Api
                         },
                     )
                     .await?;
-                    return Ok(Reserved::Held(respond(tx, &claim, &id).await?));
+                    return Ok(Reserved::Held(respond(&keys, tx, &claim, &id).await?));
                 }
                 idempotency::mark_processor_called(tx, &claim, id.as_str()).await?;
                 Ok(Reserved::Send(id))
@@ -546,7 +553,7 @@ async fn approve(
     state
         .db
         .write(|tx| {
-            let (claim, id, approver) = (claim.clone(), id.clone(), approver.to_owned());
+            let (claim, id, approver, keys) = (claim.clone(), id.clone(), approver.to_owned(), state.keys.clone());
             Box::pin(async move {
                 idempotency::claim(tx, &claim).await?;
                 let (payment, refund) = lock_refund(tx, backend, &id).await?;
@@ -560,7 +567,7 @@ async fn approve(
                         return Err(ApiError::refused("id", "refund_rejected", "The refund was rejected; it cannot be approved."))
                     }
                     // Approved by someone already (in flight or settled): the refund as it stands.
-                    _ if refund.approved_by.is_some() => return Ok(Some(respond(tx, &claim, &id).await?)),
+                    _ if refund.approved_by.is_some() => return Ok(Some(respond(&keys, tx, &claim, &id).await?)),
                     _ => {
                         return Err(ApiError::refused(
                             "id",
@@ -637,13 +644,13 @@ pub async fn reject_refund(
         let backend = st.db.backend;
         st.db
             .write(|tx| {
-                let (claim, id, reason, rejecter) = (claim.clone(), id.clone(), reason.clone(), rejecter.clone());
+                let (claim, id, reason, rejecter, keys) = (claim.clone(), id.clone(), reason.clone(), rejecter.clone(), st.keys.clone());
                 Box::pin(async move {
                     idempotency::claim(tx, &claim).await?;
                     let (payment, refund) = lock_refund(tx, backend, &id).await?;
                     match refund.status.as_str() {
                         "pending_approval" => {}
-                        "rejected" => return respond(tx, &claim, &id).await,
+                        "rejected" => return respond(&keys, tx, &claim, &id).await,
                         _ => {
                             return Err(ApiError::refused(
                                 "id",
@@ -661,13 +668,14 @@ pub async fn reject_refund(
                         .bind(payment.id.as_str())
                         .execute(&mut **tx)
                         .await?;
+                    let sealed_reason = notes::seal(&keys, tx, payment.patient.as_str(), REJECTION_COLUMN, id.as_str(), Some(reason.as_str()), "reason").await?;
                     sqlx::query(
                         "UPDATE refunds SET status = 'rejected', rejected_by = $1, rejected_at_us = $2, rejection_reason = $3, \
                          updated_at_us = $2 WHERE id = $4 AND status = 'pending_approval'",
                     )
                     .bind(&rejecter)
                     .bind(now)
-                    .bind(&reason)
+                    .bind(sealed_reason)
                     .bind(id.as_str())
                     .execute(&mut **tx)
                     .await?;
@@ -690,7 +698,7 @@ pub async fn reject_refund(
                         },
                     )
                     .await?;
-                    respond(tx, &claim, &id).await
+                    respond(&keys, tx, &claim, &id).await
                 })
             })
             .await
@@ -737,6 +745,7 @@ async fn lock_refund(
 
 /// tx B: apply the processor's answer to the refund, the payment, the invoice and the ledger.
 async fn apply_outcome(
+    keys: &Keys,
     tx: &mut Tx,
     backend: Backend,
     claim: &MaybeClaim,
@@ -758,12 +767,12 @@ async fn apply_outcome(
     .await?;
     let status: String = refund.try_get("status")?;
     if status != "pending" {
-        return respond(tx, claim, id).await;
+        return respond(keys, tx, claim, id).await;
     }
     let amount = Money::new(refund.try_get("amount_minor")?, payment.currency());
     let now = now_us();
     match outcome {
-        None => respond(tx, claim, id).await,
+        None => respond(keys, tx, claim, id).await,
         Some(Err(e)) => {
             tracing::warn!(refund = %id, error = %e, "processor outcome unknown for refund");
             Err(crate::processor::unavailable_error())
@@ -778,7 +787,7 @@ async fn apply_outcome(
             .bind(id.as_str())
             .execute(&mut **tx)
             .await?;
-            respond(tx, claim, id).await
+            respond(keys, tx, claim, id).await
         }
         Some(Ok(RefundOutcome::Failed {
             refund_id,
@@ -802,11 +811,11 @@ async fn apply_outcome(
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
-            respond(tx, claim, id).await
+            respond(keys, tx, claim, id).await
         }
         Some(Ok(RefundOutcome::Succeeded { refund_id })) => {
             let entry = settle(tx, backend, &payment, id, amount, &refund_id).await?;
-            let response = respond(tx, claim, id).await?;
+            let response = respond(keys, tx, claim, id).await?;
             posting::post(tx, backend, entry).await?;
             Ok(response)
         }
@@ -895,6 +904,7 @@ async fn settle(
 }
 
 async fn respond(
+    keys: &Keys,
     tx: &mut Tx,
     claim: &MaybeClaim,
     id: &RefundId,
@@ -905,7 +915,46 @@ async fn respond(
     .bind(id.as_str())
     .fetch_one(&mut **tx)
     .await?;
-    idempotency::respond_ok(tx, claim, &refund_from_row(&row)?).await
+    let mut refund = refund_from_row(&row)?;
+    open_texts(&mut notes::Opener::new(keys), tx, &mut refund).await?;
+    idempotency::respond_ok(tx, claim, &refund).await
+}
+
+const NOTE_COLUMN: &str = "refunds.note";
+const REJECTION_COLUMN: &str = "refunds.rejection_reason";
+
+/// Replaces the sealed note and rejection reason (as read from the row) with their text.
+async fn open_texts(
+    opener: &mut notes::Opener<'_>,
+    conn: &mut sqlx::AnyConnection,
+    refund: &mut Refund,
+) -> ApiResult<()> {
+    if refund.note.is_none() && refund.rejection_reason.is_none() {
+        return Ok(());
+    }
+    let patient: String = sqlx::query_scalar("SELECT patient_id FROM payments WHERE id = $1")
+        .bind(&refund.payment)
+        .fetch_one(&mut *conn)
+        .await?;
+    refund.note = opener
+        .open(
+            &mut *conn,
+            &patient,
+            NOTE_COLUMN,
+            &refund.id,
+            refund.note.take(),
+        )
+        .await?;
+    refund.rejection_reason = opener
+        .open(
+            &mut *conn,
+            &patient,
+            REJECTION_COLUMN,
+            &refund.id,
+            refund.rejection_reason.take(),
+        )
+        .await?;
+    Ok(())
 }
 
 /// Retrieve a refund.
@@ -929,7 +978,10 @@ pub async fn get_refund(
     .fetch_optional(&state.db.pool)
     .await?
     .ok_or_else(|| ApiError::not_found("id", "refund"))?;
-    let refund = refund_from_row(&row)?;
+    let mut refund = refund_from_row(&row)?;
+    let mut conn = state.db.pool.acquire().await?;
+    open_texts(&mut notes::Opener::new(&state.keys), &mut conn, &mut refund).await?;
+    drop(conn);
     if principal.own_facility().is_some() {
         let patient: Option<String> =
             sqlx::query_scalar("SELECT patient_id FROM payments WHERE id = $1")
@@ -1002,9 +1054,15 @@ pub async fn list_refunds(
     .bind(own_facility)
     .fetch_all(&state.db.pool)
     .await?;
-    let items = rows
+    let mut items = rows
         .iter()
         .map(refund_from_row)
         .collect::<ApiResult<Vec<_>>>()?;
+    let mut conn = state.db.pool.acquire().await?;
+    let mut opener = notes::Opener::new(&state.keys);
+    for refund in &mut items {
+        open_texts(&mut opener, &mut conn, refund).await?;
+    }
+    drop(conn);
     Ok(Json(List::from_rows(items, limit, "/v1/refunds")))
 }

@@ -20,6 +20,8 @@ const MRN: &str = "MRN-77Q3-0914";
 const STREET: &str = "41 Wisteria Crescent";
 const LINE_CODE: &str = "J45X909";
 const LINE_TEXT: &str = "Asthma review with nebulizer teaching";
+const REFUND_NOTE: &str = "charged twice for the spirometry";
+const ADJUSTMENT_REASON: &str = "hardship discount agreed with oncology social worker";
 
 /// Every byte the database holds for the test's tables, as text: the SQLite file and its WAL,
 /// or a `pg_dump --data-only` of the PostgreSQL database.
@@ -144,6 +146,38 @@ both_backends!(
             .body["lines"][0];
         assert_eq!(line["code"], LINE_CODE);
         assert_eq!(line["description"], LINE_TEXT);
+        // Free text on money records too: a refund's note, an adjustment's reason.
+        let adj = app
+        .admin
+        .create(
+            &format!("/v1/invoices/{}/adjustments", id_of(&inv).unwrap()),
+            &serde_json::json!({"kind": "discount", "amount": 1000, "reason": ADJUSTMENT_REASON}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(adj["reason"], ADJUSTMENT_REASON);
+        let pay = app.pay(&inv, 5000).await;
+        let re = app
+        .admin
+        .create(
+            "/v1/refunds",
+            &serde_json::json!({"payment": pay["id"], "amount": 300, "reason": "billing_error", "note": REFUND_NOTE}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(re["note"], REFUND_NOTE);
+        let listed = app.admin.get("/v1/refunds").await.unwrap().body;
+        assert_eq!(listed["data"][0]["note"], REFUND_NOTE);
+        let listed = app
+            .admin
+            .get(&format!(
+                "/v1/invoices/{}/adjustments",
+                id_of(&inv).unwrap()
+            ))
+            .await
+            .unwrap()
+            .body;
+        assert_eq!(listed["data"][0]["reason"], ADJUSTMENT_REASON);
         // …while the database holds none of it, in any table, row, index or the saved response.
         let bytes = database_bytes(&app).await;
         assert!(bytes.len() > 10_000, "the scan read the database");
@@ -161,6 +195,8 @@ both_backends!(
             STREET,
             LINE_CODE,
             LINE_TEXT,
+            REFUND_NOTE,
+            ADJUSTMENT_REASON,
         ] {
             assert!(
                 !bytes.contains(secret),

@@ -232,7 +232,8 @@ CREATE TABLE adjustments (
     kind             TEXT NOT NULL CHECK (kind IN ('insurance_adjustment', 'discount', 'write_off')),
     amount_minor     INTEGER NOT NULL CHECK (amount_minor > 0),
     currency         TEXT NOT NULL,
-    reason           TEXT NOT NULL,
+    -- free text (may describe care): sealed under the patient's data key (src/crypto/notes.rs)
+    reason           TEXT NOT NULL CHECK (reason LIKE 'v1.%'),
     -- posted: on the ledger and in the invoice's amounts. pending_approval: a write-off above the
     -- dual-control threshold, waiting for a second billing manager; nothing is posted and the
     -- invoice is untouched until then. rejected: never posted.
@@ -246,7 +247,7 @@ CREATE TABLE adjustments (
     approved_at_us   INTEGER,
     rejected_by      TEXT,
     rejected_at_us   INTEGER,
-    rejection_reason TEXT,
+    rejection_reason TEXT CHECK (rejection_reason LIKE 'v1.%'),
     created_at_us    INTEGER NOT NULL,
     CHECK ((status = 'posted') = (journal_entry_id IS NOT NULL)),
     CHECK (approved_by IS NULL OR approved_by <> requested_by),
@@ -304,7 +305,8 @@ CREATE TABLE refunds (
     amount_minor              INTEGER NOT NULL CHECK (amount_minor > 0),
     status                    TEXT NOT NULL CHECK (status IN ('pending_approval', 'pending', 'succeeded', 'failed', 'rejected')),
     reason                    TEXT NOT NULL CHECK (reason IN ('duplicate', 'requested_by_patient', 'overpayment', 'billing_error')),
-    note                      TEXT,
+    -- free text: sealed under the patient's data key (src/crypto/notes.rs)
+    note                      TEXT CHECK (note LIKE 'v1.%'),
     processor_idempotency_key TEXT NOT NULL UNIQUE,
     processor_refund_id       TEXT,
     failure_code              TEXT,
@@ -324,7 +326,7 @@ CREATE TABLE refunds (
     approved_at_us            INTEGER,
     rejected_by               TEXT,
     rejected_at_us            INTEGER,
-    rejection_reason          TEXT,
+    rejection_reason          TEXT CHECK (rejection_reason LIKE 'v1.%'),
     created_at_us             INTEGER NOT NULL,
     updated_at_us             INTEGER NOT NULL,
     CHECK (status <> 'succeeded' OR applied_minor + credited_minor = amount_minor),

@@ -28,6 +28,7 @@ pub mod blind;
 pub mod cli;
 pub mod field;
 pub mod keyring;
+pub mod notes;
 pub mod store;
 
 pub use blind::IndexKey;
