@@ -766,6 +766,7 @@ mod approval_crash {
         let child = Server(
             Command::new(env!("CARGO_BIN_EXE_carebill"))
                 .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+                .envs(tls_env())
                 .env("DATABASE_URL", database_url)
                 .env("CAREBILL_FAILPOINTS", failpoints)
                 .env("CAREBILL_IDEMPOTENCY_LEASE_MS", "300")
@@ -775,9 +776,14 @@ mod approval_crash {
                 .spawn()
                 .unwrap(),
         );
-        let base = format!("http://127.0.0.1:{port}");
+        let base = format!("https://127.0.0.1:{port}");
         for _ in 0..200 {
-            if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+            if https_client()
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
                 return (child, base);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -809,7 +815,7 @@ mod approval_crash {
 
             let (mut child, base) = start_binary(&url, "refund_after_processor").await;
             let key = new_key();
-            let r = ApiClient::new(&base, &approver.secret)
+            let r = api_client(&base, &approver.secret)
                 .post(&path, &json!({}), Some(&key))
                 .await;
             assert!(r.is_err(), "the request dies with the process: {r:?}");
@@ -824,7 +830,7 @@ mod approval_crash {
             drop(child);
 
             let (child, base) = start_binary(&url, "").await;
-            let r = ApiClient::new(&base, &third.secret)
+            let r = api_client(&base, &third.secret)
                 .post(&path, &json!({}), Some(&new_key()))
                 .await
                 .unwrap();
@@ -836,7 +842,7 @@ mod approval_crash {
             );
             assert_eq!(r.body["approved_by"], approver.id.as_str());
             tokio::time::sleep(Duration::from_millis(400)).await;
-            let r = ApiClient::new(&base, &approver.secret)
+            let r = api_client(&base, &approver.secret)
                 .post(&path, &json!({}), Some(&key))
                 .await
                 .unwrap();
