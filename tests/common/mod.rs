@@ -112,7 +112,25 @@ pub struct TestTls {
 pub fn test_tls() -> &'static TestTls {
     static TLS: std::sync::OnceLock<TestTls> = std::sync::OnceLock::new();
     TLS.get_or_init(|| {
-        let parent = artifacts_dir().unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
+        let parent = artifacts_dir().unwrap_or_else(|| {
+            // Cargo's scratch directory for tests: earlier runs' TLS directories are removed
+            // once an hour old (no test binary runs that long).
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            let stale = |e: &std::fs::DirEntry| {
+                e.file_name().to_string_lossy().starts_with("carebill-tls-")
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+            };
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if stale(&entry) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+            dir
+        });
         let dir = tempfile::Builder::new()
             .prefix("carebill-tls-")
             .tempdir_in(parent)
