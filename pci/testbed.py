@@ -53,9 +53,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PREFIX = "cbpci"
 SKIP = 77
 
-# Billing's URL scheme on its edge listener. Billing serves plain HTTP until its listener goes
-# HTTPS-only (CAREBILL_TLS_CERT/KEY, which `billing_env` already passes); then set "https".
-BILLING_SCHEME = "http"
+# Billing's URL scheme on its edge listener: HTTPS only (CAREBILL_TLS_CERT/KEY in `billing_env`).
+BILLING_SCHEME = "https"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 # A dropped SYN is retried by the kernel after 1 s; waiting 1.5 s sees no answer for certain
 # on a machine-local bridge, where an allowed connection answers in well under a millisecond.

@@ -130,6 +130,10 @@ pub async fn bench_payments(
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<Measured> {
+    // Over HTTPS, as production serves: a development certificate for the run.
+    let certs_dir = tempfile_dir()?;
+    let pki = devcerts::ensure_dev_pki(&certs_dir)?;
+    let http = crate::client::https_client(&std::fs::read(&pki.ca_cert)?)?;
     let config = Config {
         database_url: database_url.to_owned(),
         addr: "127.0.0.1:0".to_owned(),
@@ -138,13 +142,15 @@ pub async fn bench_payments(
         keyring_inline: Some(std::sync::Arc::new(
             crate::crypto::LocalKeyring::generate_text(),
         )),
+        tls_cert: Some(pki.billing_cert.clone()),
+        tls_key: Some(pki.billing_key.clone()),
         ..Config::default()
     };
     let state = crate::server::prepare(config).await?;
     let key = create_api_key(&state.db, Role::BillingManager).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let running = crate::server::spawn(state.clone(), listener)?;
-    let client = ApiClient::new(format!("http://{}", running.addr), &key.secret);
+    let client = ApiClient::with_http(format!("https://{}", running.addr), &key.secret, http);
 
     // One patient and one large open invoice per client, so clients contend only where real
     // payments do: on the shared ledger accounts.
@@ -215,6 +221,7 @@ pub async fn bench_payments(
     );
     running.handle.abort();
     state.db.pool.close().await;
+    let _ = std::fs::remove_dir_all(&certs_dir);
     Ok(Measured {
         per_second: count_f64(ok) / elapsed,
         p50_ms: pct(50),

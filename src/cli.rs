@@ -24,7 +24,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the API (migrations run first).
+    /// Serve the API over HTTPS (needs tls_cert and tls_key; migrations run first).
     Serve {
         /// Address to listen on, e.g. 127.0.0.1:8080 (env CAREBILL_ADDR).
         #[arg(long)]

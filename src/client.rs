@@ -40,6 +40,19 @@ impl ApiClient {
         }
     }
 
+    /// A client over `http`, e.g. one from [`https_client`] that trusts a development CA.
+    pub fn with_http(
+        base: impl Into<String>,
+        key: impl Into<String>,
+        http: reqwest::Client,
+    ) -> Self {
+        ApiClient {
+            base: base.into(),
+            key: key.into(),
+            http,
+        }
+    }
+
     pub fn with_key(&self, key: impl Into<String>) -> Self {
         ApiClient {
             base: self.base.clone(),
@@ -109,6 +122,21 @@ impl ApiClient {
         );
         Ok(reply.body)
     }
+}
+
+/// An HTTPS-only client that trusts the CA certificate(s) in `ca_pem` and nothing else (no
+/// system roots): how `carebill up` and the tests reach a server with a development
+/// certificate. Certificates are always verified; there is no switch to accept invalid ones.
+pub fn https_client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .https_only(true)
+        .pool_max_idle_per_host(64);
+    for cert in reqwest::Certificate::from_pem_bundle(ca_pem)? {
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder.build()?)
 }
 
 /// The `id` field of an API object.

@@ -24,6 +24,10 @@
 //! | — | `CAREBILL_KEYRING` | the keyring's text itself, instead of a file (never in a TOML file) |
 //! | `audit_retention_days` | `CAREBILL_AUDIT_RETENTION_DAYS` | 2192 (6 years) |
 //! | `audit_purge_interval_seconds` | `CAREBILL_AUDIT_PURGE_INTERVAL_SECONDS` | 86400 (0: off) |
+//! | `tls_cert` | `CAREBILL_TLS_CERT` | none; `serve` requires it: the server's certificate chain (PEM, leaf first) |
+//! | `tls_key` | `CAREBILL_TLS_KEY` | none; `serve` requires it: its private key (PEM) |
+//! | `tls_reload_interval_ms` | `CAREBILL_TLS_RELOAD_INTERVAL_MS` | 10000 (and at once on SIGHUP) |
+//! | `http_redirect_addr` | `CAREBILL_HTTP_REDIRECT_ADDR` | none: no plain-HTTP port |
 //!
 //! `dual_control_threshold` is an amount in *major* units of the refund's or write-off's own
 //! currency (a decimal string such as `"500.00"`, or an integer). A refund or write-off above it
@@ -37,6 +41,14 @@
 //! 164.316(b)(2)); longer if a state law or your policy asks. The server purges what is older
 //! every `audit_purge_interval_seconds` (the first pass an hour after start), keeping the
 //! hash chains verifiable (see `audit::purge`).
+//!
+//! The server speaks HTTPS only (TLS 1.2 or 1.3, forward-secret AEAD suites: `crates/tlskit`).
+//! `tls_cert` and `tls_key` are re-read every `tls_reload_interval_ms` (and on SIGHUP): a
+//! rotated pair is taken by new handshakes without a restart, and a pair that is expired, not
+//! yet valid or mismatched is refused (logged; the previous one stays). At start-up the same
+//! problems stop `serve` with an error naming the file. `http_redirect_addr`, when set, is a
+//! plain-HTTP listener that answers every request with `308` to the same path over HTTPS and
+//! serves nothing else.
 //!
 //! The vault is the card vault's internal (mutual-TLS) listener, e.g. `https://127.0.0.1:8445`;
 //! with `vault_url` set, the CA, client certificate and key are required.
@@ -99,6 +111,14 @@ pub struct Config {
     pub audit_retention_days: u32,
     /// How often the server runs the retention purge; 0: never (run `carebill audit purge`).
     pub audit_purge_interval_seconds: u64,
+    /// The server's certificate chain (PEM, leaf first); required to serve.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM); required to serve.
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate and key files are checked for a rotation.
+    pub tls_reload_interval_ms: u64,
+    /// A plain-HTTP listener that only redirects to HTTPS; none: no plain-HTTP port.
+    pub http_redirect_addr: Option<String>,
 }
 
 /// Deserializes a decimal setting from a string (`"500.00"`) or an integer (`500`); a TOML
@@ -152,6 +172,10 @@ impl Default for Config {
             keyring_inline: None,
             audit_retention_days: 2192,
             audit_purge_interval_seconds: 86_400,
+            tls_cert: None,
+            tls_key: None,
+            tls_reload_interval_ms: 10_000,
+            http_redirect_addr: None,
         }
     }
 }
@@ -199,6 +223,10 @@ impl std::fmt::Debug for Config {
                 "audit_purge_interval_seconds",
                 &self.audit_purge_interval_seconds,
             )
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_reload_interval_ms", &self.tls_reload_interval_ms)
+            .field("http_redirect_addr", &self.http_redirect_addr)
             .finish()
     }
 }
@@ -323,7 +351,47 @@ impl Config {
             self.dual_control_threshold = parse_decimal_setting(&v)
                 .map_err(|e| anyhow::anyhow!("CAREBILL_DUAL_CONTROL_THRESHOLD: {e}"))?;
         }
+        self.apply_tls_env(nonempty)
+    }
+
+    fn apply_tls_env(&mut self, nonempty: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = nonempty("CAREBILL_TLS_CERT") {
+            self.tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = nonempty("CAREBILL_TLS_KEY") {
+            self.tls_key = Some(PathBuf::from(v));
+        }
+        if let Some(v) = nonempty("CAREBILL_TLS_RELOAD_INTERVAL_MS") {
+            self.tls_reload_interval_ms = v.parse().map_err(|_| {
+                anyhow::anyhow!("CAREBILL_TLS_RELOAD_INTERVAL_MS must be a whole number")
+            })?;
+        }
+        if let Some(v) = nonempty("CAREBILL_HTTP_REDIRECT_ADDR") {
+            self.http_redirect_addr = Some(v);
+        }
         Ok(())
+    }
+
+    /// The certificate and key files to serve with: both required (the server speaks HTTPS
+    /// only).
+    pub fn tls_paths(&self) -> anyhow::Result<tlskit::CertPaths> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(tlskit::CertPaths::new(cert, key)),
+            (cert, key) => {
+                let mut missing = Vec::new();
+                if cert.is_none() {
+                    missing.push("tls_cert (CAREBILL_TLS_CERT)");
+                }
+                if key.is_none() {
+                    missing.push("tls_key (CAREBILL_TLS_KEY)");
+                }
+                anyhow::bail!(
+                    "carebill serves HTTPS only: set {} to the server's certificate chain and \
+                     private key (PEM files); `carebill up` makes development ones",
+                    missing.join(" and ")
+                )
+            }
+        }
     }
 
     /// Whether `amount` (a refund or a write-off) is above the dual-control threshold, compared
@@ -352,6 +420,10 @@ impl Config {
         anyhow::ensure!(
             (1..=36_500).contains(&self.audit_retention_days),
             "audit_retention_days must be between 1 and 36500"
+        );
+        anyhow::ensure!(
+            (100..=86_400_000).contains(&self.tls_reload_interval_ms),
+            "tls_reload_interval_ms must be between 100 and 86400000"
         );
         crate::db::Backend::from_url(&self.database_url)?;
         self.validate_vault()
@@ -466,6 +538,35 @@ mod tests {
         c.vault_url = Some("http://127.0.0.1:8445".to_owned());
         assert!(c.validate().is_err(), "plain http is refused");
         assert!(Config::default().validate().is_ok(), "no vault is fine");
+    }
+
+    #[test]
+    fn tls_settings_from_file_and_env() {
+        let mut c: Config =
+            toml::from_str("tls_cert = \"server.pem\"\nhttp_redirect_addr = \"127.0.0.1:8081\"")
+                .unwrap();
+        // The key is missing: refused at serve time, naming the setting and its variable.
+        let err = c.tls_paths().unwrap_err().to_string();
+        assert!(err.contains("tls_key (CAREBILL_TLS_KEY)"), "{err}");
+        assert!(!err.contains("tls_cert"), "{err}");
+        c.apply_env(|n| match n {
+            "CAREBILL_TLS_KEY" => Some("server.key".to_owned()),
+            "CAREBILL_TLS_RELOAD_INTERVAL_MS" => Some("250".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        let paths = c.tls_paths().unwrap();
+        assert_eq!(paths.key, PathBuf::from("server.key"));
+        assert_eq!(c.tls_reload_interval_ms, 250);
+        assert_eq!(c.http_redirect_addr.as_deref(), Some("127.0.0.1:8081"));
+        c.validate().unwrap();
+        c.tls_reload_interval_ms = 0;
+        assert!(c.validate().is_err());
+        let err = Config::default().tls_paths().unwrap_err().to_string();
+        assert!(
+            err.contains("CAREBILL_TLS_CERT") && err.contains("CAREBILL_TLS_KEY"),
+            "{err}"
+        );
     }
 
     #[test]

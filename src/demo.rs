@@ -1,13 +1,15 @@
 //! `carebill up`: the one-command start for a newcomer.
 //!
-//! Issues the development certificates (`var/certs/`), creates the card vault's keys on first
+//! Issues the development certificates (`var/certs/`: a CA, billing's HTTPS certificate, the
+//! vault's, billing's client certificate for the vault), creates the card vault's keys on first
 //! run (`var/vault/keys/`), starts the vault (`tokenizer serve`, its own SQLite file
 //! `var/vault/tokenizer.db`, its log `var/vault/tokenizer.log`) as a child process, creates the
-//! billing database (SQLite under `./var/` by default), migrates, makes a billing-manager API key, starts
-//! the server wired to the vault over mutual TLS, seeds a small demo *through the API itself*
-//! (so the demo data went through every check real data does; one payment is made with a card
-//! tokenized by the vault), prints what to try, and serves until Ctrl-C. The vault is stopped
-//! when `up` stops (Ctrl-C, SIGTERM, or an error).
+//! billing database (SQLite under `./var/` by default), migrates, makes a billing-manager API
+//! key, starts the HTTPS server wired to the vault over mutual TLS, seeds a small demo *through
+//! the API itself* (so the demo data went through every check real data does; one payment is
+//! made with a card tokenized by the vault), prints what to try and how to trust the
+//! development CA, and serves until Ctrl-C. The vault is stopped when `up` stops (Ctrl-C,
+//! SIGTERM, or an error).
 //!
 //! [`VaultSpec`] and [`VaultChild`] run a vault process for `up` and for the tests.
 
@@ -371,6 +373,15 @@ pub struct UpOptions {
     pub vault_internal_addr: String,
 }
 
+/// `https://ADDR` for a client on this machine: an unspecified address (`0.0.0.0`, `::`)
+/// becomes the loopback address the development certificate names.
+fn local_https_url(mut addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    format!("https://{addr}")
+}
+
 pub async fn up(mut config: Config, options: UpOptions) -> anyhow::Result<()> {
     let binary = tokenizer_binary()?;
     if config.key_source().is_none() {
@@ -382,16 +393,21 @@ pub async fn up(mut config: Config, options: UpOptions) -> anyhow::Result<()> {
         config.keyring_file = Some(keyring);
     }
     let pki = devcerts::ensure_dev_pki(Path::new(CERTS_DIR))?;
+    // The development certificate, unless the operator configured one.
+    let dev_cert = config.tls_cert.is_none() && config.tls_key.is_none();
+    if dev_cert {
+        config.tls_cert = Some(pki.billing_cert.clone());
+        config.tls_key = Some(pki.billing_key.clone());
+    }
     let key_components =
         ensure_vault_keys(&binary, VAULT_DATABASE_URL, Path::new(VAULT_KEYS_DIR)).await?;
     let listener = tokio::net::TcpListener::bind(&config.addr)
         .await
         .with_context(|| format!("binding {}", config.addr))?;
     let addr = listener.local_addr()?;
-    let base = format!("http://{addr}");
-    let mut origins = vec![base.clone()];
+    let mut origins = vec![local_https_url(addr)];
     if addr.ip().is_loopback() || addr.ip().is_unspecified() {
-        origins.push(format!("http://localhost:{}", addr.port()));
+        origins.push(format!("https://localhost:{}", addr.port()));
     }
     let mut vault = VaultChild::start(&VaultSpec {
         binary,
@@ -407,7 +423,7 @@ pub async fn up(mut config: Config, options: UpOptions) -> anyhow::Result<()> {
     .await
     .context("starting the card vault (is another `carebill up` running? see --vault-collect-addr and --vault-internal-addr)")?;
     vault.configure(&mut config);
-    let result = serve_with_vault(config, listener, &mut vault).await;
+    let result = serve_with_vault(config, listener, &mut vault, dev_cert).await;
     vault.stop().await;
     result
 }
@@ -416,12 +432,22 @@ async fn serve_with_vault(
     config: Config,
     listener: tokio::net::TcpListener,
     vault: &mut VaultChild,
+    dev_cert: bool,
 ) -> anyhow::Result<()> {
     let state = crate::server::prepare(config).await?;
     let key = create_api_key(&state.db, Role::BillingManager).await?;
     let mut running = crate::server::spawn(state.clone(), listener)?;
-    let base = format!("http://{}", running.addr);
-    let client = ApiClient::new(&base, &key.secret);
+    let base = local_https_url(running.addr);
+    // The seeding client trusts what the server presents: the development CA, or the system
+    // roots for an operator's certificate.
+    let http = if dev_cert {
+        let pem = std::fs::read(vault.ca_cert())
+            .with_context(|| format!("reading {}", vault.ca_cert().display()))?;
+        crate::client::https_client(&pem)?
+    } else {
+        reqwest::Client::builder().https_only(true).build()?
+    };
+    let client = ApiClient::with_http(&base, &key.secret, http);
 
     let patients: i64 = sqlx::Row::try_get(
         &sqlx::query("SELECT COUNT(*) AS n FROM patients")
@@ -441,28 +467,34 @@ async fn serve_with_vault(
         println!("seeded a demo: 3 patients, 4 invoices, payments (one with a vault card token) and a refund");
     }
     let ca = std::fs::canonicalize(vault.ca_cert()).unwrap_or_else(|_| vault.ca_cert().to_owned());
+    let ca = ca.display();
     let collect = &vault.collect_url;
     println!();
     println!(
-        "carebill is up at {base} ({} database)",
+        "carebill is up at {base} ({} database; HTTPS only)",
         state.db.backend.name()
     );
     println!("API key (a billing_manager service key: billing, refunds, ledger, exports):");
     println!("  export CAREBILL_KEY={}", key.secret);
     println!("Card vault: the card form posts to {collect}/v1/cards");
-    println!(
-        "  trust its development CA: {} (log: {})",
-        ca.display(),
-        vault.log().display()
-    );
+    println!("  (its log: {})", vault.log().display());
+    if dev_cert {
+        println!("Both serve certificates of the development CA {ca}. Trust it:");
+        println!("  curl:           curl --cacert {ca} {base}/healthz");
+        println!("  Debian/Ubuntu:  sudo cp {ca} /usr/local/share/ca-certificates/carebill-dev.crt && sudo update-ca-certificates");
+        println!("  Fedora/RHEL:    sudo cp {ca} /etc/pki/ca-trust/source/anchors/carebill-dev.pem && sudo update-ca-trust");
+        println!("  macOS:          sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca}");
+        println!("  Windows:        certutil -addstore -f Root {ca}");
+        println!("  Firefox:        Settings > Privacy & Security > Certificates > View Certificates > Authorities > Import");
+        println!("  (the CA's private key was never written to disk: trusting it lets nobody issue more certificates)");
+    }
     println!("Try:");
-    println!("  curl -s {base}/v1/patients -H \"Authorization: Bearer $CAREBILL_KEY\"");
-    println!("  curl -s {base}/v1/ledger/accounts?currency=usd -H \"Authorization: Bearer $CAREBILL_KEY\"");
-    println!("  curl -s {base}/v1/openapi.json");
     println!(
-        "  curl -s --cacert {} {collect}/v1/cards -H 'Content-Type: application/json' \\",
-        ca.display()
+        "  curl -s --cacert {ca} {base}/v1/patients -H \"Authorization: Bearer $CAREBILL_KEY\""
     );
+    println!("  curl -s --cacert {ca} '{base}/v1/ledger/accounts?currency=usd' -H \"Authorization: Bearer $CAREBILL_KEY\"");
+    println!("  curl -s --cacert {ca} {base}/v1/openapi.json");
+    println!("  curl -s --cacert {ca} {collect}/v1/cards -H 'Content-Type: application/json' \\");
     println!("    -d '{{\"number\":\"4242424242424242\",\"exp_month\":12,\"exp_year\":2030,\"cvc\":\"123\"}}'   # a tok_… for payment_method");
     println!("Press Ctrl-C to stop.");
     let served = tokio::select! {

@@ -23,7 +23,7 @@
 //! | [`auth`] | API keys, roles and the one authorization table |
 //! | [`api`], [`error`] | extractors that name bad parameters; the error type |
 //! | [`db`] | the pool over PostgreSQL or SQLite, write transactions with bounded retry |
-//! | [`server`] | the router, middleware and OpenAPI document |
+//! | [`server`] | the router, middleware, HTTPS listeners (`tlskit`) and OpenAPI document |
 //! | [`cli`] | `carebill serve / migrate / up / apikey / ledger verify / bench` |
 //! | [`demo`] | `carebill up`: billing, a vault child process and a seeded demo |
 

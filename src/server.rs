@@ -1,5 +1,14 @@
-//! The HTTP server: the root router (each resource module merges its own), the middleware
+//! The HTTPS server: the root router (each resource module merges its own), the middleware
 //! stack, health checks, and start-up.
+//!
+//! Every listener speaks TLS only ([`tlskit`]: TLS 1.2 or 1.3, forward-secret AEAD suites, ALPN
+//! `h2` and `http/1.1`). The certificate comes from `tls_cert`/`tls_key` and is re-read every
+//! `tls_reload_interval_ms` and on SIGHUP; a sound new pair is presented to new handshakes
+//! without a restart, an unsound one is refused and logged (`tls_certificate_rejected`). At
+//! start-up an expired, not-yet-valid or mismatched pair, or a missing file, is an error naming
+//! the file. The optional `http_redirect_addr` listener answers every plain-HTTP request with
+//! `308` to its HTTPS twin and serves nothing else. Strict-Transport-Security is on every HTTPS
+//! response (see [`security_headers`]).
 //!
 //! Middleware, outermost first: request id (generated `req_…`, echoed as `Request-Id`, put on
 //! the tracing span and in every error body), trace span (method and route template, never
@@ -9,7 +18,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use anyhow::Context;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -80,7 +90,7 @@ async fn request_context(
     let resource = crate::audit::resource_of(request.uri().path(), request.uri().query());
     let ip = request
         .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip().to_string());
     let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), route = %route);
     let started = std::time::Instant::now();
@@ -213,39 +223,89 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
 
 /// A running server (tests and `carebill up` use it in-process).
 pub struct Running {
+    /// The HTTPS listener.
     pub addr: SocketAddr,
+    /// The plain-HTTP redirect listener, when `http_redirect_addr` is set.
+    pub redirect_addr: Option<SocketAddr>,
     pub state: AppState,
+    /// The certificate and key in service (reloaded when their files change).
+    pub tls: Arc<tlskit::ReloadingCert>,
+    /// Ends when the server has shut down (SIGINT/SIGTERM) and drained.
     pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Serves `state` on `listener` in a background task.
+/// Aborts a helper task (certificate watcher, redirect listener) when the server task ends or
+/// is aborted itself.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Serves `state` over HTTPS on `listener` (and the redirect listener, if configured) in a
+/// background task. Fails, naming the file or setting, when the certificate cannot be served.
 pub fn spawn(state: AppState, listener: TcpListener) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
+    let certs = tlskit::ReloadingCert::load("billing", state.config.tls_paths()?)?;
+    let tls = tlskit::server_config(certs.clone(), None)?;
+    let redirect = match &state.config.http_redirect_addr {
+        Some(redirect_addr) => {
+            let std_listener = std::net::TcpListener::bind(redirect_addr.as_str())
+                .with_context(|| format!("binding http_redirect_addr {redirect_addr}"))?;
+            std_listener.set_nonblocking(true)?;
+            Some(TcpListener::from_std(std_listener)?)
+        }
+        None => None,
+    };
+    let redirect_addr = redirect.as_ref().map(|l| l.local_addr()).transpose()?;
+    let reload_interval = Duration::from_millis(state.config.tls_reload_interval_ms);
     crate::idempotency::spawn_sweeper(state.clone(), SWEEP_INTERVAL);
     let router = app(state.clone());
+    let watched = certs.clone();
     let handle = tokio::spawn(async move {
-        // The peer address reaches handlers (sign-in throttling, security events).
-        axum::serve(
+        let _watcher = AbortOnDrop(watched.watch(reload_interval));
+        let _redirect = redirect.map(|l| {
+            AbortOnDrop(tokio::spawn(tlskit::serve_redirect(
+                l,
+                addr.port(),
+                std::future::pending(),
+            )))
+        });
+        // The peer address reaches handlers (sign-in throttling, security events, the audit
+        // trail).
+        tlskit::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+            tls,
+            router,
+            "billing",
+            |conn: &tlskit::Connection<'_>| ConnectInfo(conn.remote),
+            shutdown_signal(),
         )
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+        .await;
+        Ok(())
     });
     Ok(Running {
         addr,
+        redirect_addr,
         state,
+        tls: certs,
         handle,
     })
 }
 
 /// Binds `config.addr` and serves until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // Checked before the database is touched: a server that cannot serve changes nothing.
+    tlskit::certs::check_files(&config.tls_paths()?)?;
     let addr = config.addr.clone();
     let state = prepare(config).await?;
-    let listener = TcpListener::bind(&addr).await?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     let running = spawn(state, listener)?;
-    tracing::info!(addr = %running.addr, "carebill listening");
+    tracing::info!(addr = %running.addr, redirect = ?running.redirect_addr, "carebill listening (HTTPS)");
     running.handle.await??;
     Ok(())
 }

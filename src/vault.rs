@@ -7,10 +7,13 @@
 //! minted payment-method id (so a resumed payment charges the very same method), nothing else.
 //!
 //! The client trusts only the configured CA (no built-in roots), speaks HTTPS only, presents
-//! billing's client certificate, and bounds every call: connecting (TCP and TLS handshake) by
-//! [`CONNECT_TIMEOUT`], the whole call by `vault_timeout_ms`. A vault that is down, slow or
-//! answers 5xx becomes [`VaultError::Unavailable`], which the API answers 503
-//! `vault_unavailable` before anything is written.
+//! billing's client certificate (the vault's allowlist names its identity), and always verifies
+//! the vault's certificate: like every outbound client of billing (reqwest with rustls, Mozilla's
+//! roots from `webpki-roots` where no CA is configured), it has no switch to accept invalid
+//! certificates, and none must be added outside tests. Every call is bounded: connecting (TCP
+//! and TLS handshake) by [`CONNECT_TIMEOUT`], the whole call by `vault_timeout_ms`. A vault
+//! that is down, slow or answers 5xx becomes [`VaultError::Unavailable`], which the API answers
+//! 503 `vault_unavailable` before anything is written.
 //!
 //! Tokens and payment-method ids are never logged: reqwest's errors carry the request URL (which
 //! holds the token), so they are logged [`reqwest::Error::without_url`].

@@ -350,7 +350,9 @@ both_backends!(
 
 both_backends!(roles_and_keys_are_enforced, |app: TestApp| async move {
     // Goal: no key is 401; a clerk cannot refund or read the ledger; an accountant cannot pay.
-    let anon = reqwest::get(format!("{}/v1/patients", app.base))
+    let anon = https_client()
+        .get(format!("{}/v1/patients", app.base))
+        .send()
         .await
         .unwrap();
     assert_eq!(anon.status(), 401);
@@ -421,16 +423,24 @@ both_backends!(
     service_documents_and_reports_health,
     |app: TestApp| async move {
         // Goal: /healthz, /readyz and the generated OpenAPI document answer without a key.
-        let h = reqwest::get(format!("{}/healthz", app.base)).await.unwrap();
+        let h = https_client()
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(h.status(), 200);
-        let r: Value = reqwest::get(format!("{}/readyz", app.base))
+        let r: Value = https_client()
+            .get(format!("{}/readyz", app.base))
+            .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
         assert_eq!(r["status"], "ready");
-        let doc: Value = reqwest::get(format!("{}/v1/openapi.json", app.base))
+        let doc: Value = https_client()
+            .get(format!("{}/v1/openapi.json", app.base))
+            .send()
             .await
             .unwrap()
             .json()

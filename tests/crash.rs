@@ -35,6 +35,7 @@ async fn start_binary(database_url: &str, keyring: &str, failpoints: &str) -> (S
     let child = Server(
         Command::new(env!("CARGO_BIN_EXE_carebill"))
             .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+            .envs(tls_env())
             .env("DATABASE_URL", database_url)
             .env("CAREBILL_KEYRING", keyring)
             .env("CAREBILL_FAILPOINTS", failpoints)
@@ -45,9 +46,14 @@ async fn start_binary(database_url: &str, keyring: &str, failpoints: &str) -> (S
             .spawn()
             .unwrap(),
     );
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("https://127.0.0.1:{port}");
     for _ in 0..200 {
-        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+        if https_client()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
             return (child, base);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -84,7 +90,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
 
     // 1. The payment: the process dies right after the processor charged the card.
     let (mut child, base) = start_binary(&url, &app.keyring(), "payment_after_processor").await;
-    let client = ApiClient::new(&base, &key);
+    let client = api_client(&base, &key);
     let pay_key = new_key();
     let body = json!({"invoice": inv["id"], "amount": 6000, "currency": "usd", "payment_method": "pm_card_visa"});
     let r = client.post("/v1/payments", &body, Some(&pay_key)).await;
@@ -105,7 +111,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
 
     // 2. Restart without the fail point and retry with the same key after the lease runs out.
     let (child, base) = start_binary(&url, &app.keyring(), "").await;
-    let client = ApiClient::new(&base, &key);
+    let client = api_client(&base, &key);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = client
         .post("/v1/payments", &body, Some(&pay_key))
@@ -127,7 +133,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
 
     // 3. The refund: same crash, same recovery.
     let (mut child, base) = start_binary(&url, &app.keyring(), "refund_after_processor").await;
-    let client = ApiClient::new(&base, &key);
+    let client = api_client(&base, &key);
     let re_key = new_key();
     let body = json!({"payment": pay_id, "amount": 2500, "reason": "billing_error"});
     assert!(client
@@ -137,7 +143,7 @@ async fn crash_between_processor_and_commit(backend: Backend) {
     wait_exit(&mut child).await;
     assert_eq!(app.count("simulator_refunds").await, 1);
     let (child, base) = start_binary(&url, &app.keyring(), "").await;
-    let client = ApiClient::new(&base, &key);
+    let client = api_client(&base, &key);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let r = client
         .post("/v1/refunds", &body, Some(&re_key))

@@ -766,6 +766,7 @@ mod approval_crash {
         let child = Server(
             Command::new(env!("CARGO_BIN_EXE_carebill"))
                 .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+                .envs(tls_env())
                 .env("DATABASE_URL", database_url)
                 .env("CAREBILL_KEYRING", keyring)
                 .env("CAREBILL_FAILPOINTS", failpoints)
@@ -776,9 +777,14 @@ mod approval_crash {
                 .spawn()
                 .unwrap(),
         );
-        let base = format!("http://127.0.0.1:{port}");
+        let base = format!("https://127.0.0.1:{port}");
         for _ in 0..200 {
-            if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+            if https_client()
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
                 return (child, base);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -811,7 +817,7 @@ mod approval_crash {
             let (mut child, base) =
                 start_binary(&url, &app.keyring(), "refund_after_processor").await;
             let key = new_key();
-            let r = ApiClient::new(&base, &approver.secret)
+            let r = api_client(&base, &approver.secret)
                 .post(&path, &json!({}), Some(&key))
                 .await;
             assert!(r.is_err(), "the request dies with the process: {r:?}");
@@ -826,7 +832,7 @@ mod approval_crash {
             drop(child);
 
             let (child, base) = start_binary(&url, &app.keyring(), "").await;
-            let r = ApiClient::new(&base, &third.secret)
+            let r = api_client(&base, &third.secret)
                 .post(&path, &json!({}), Some(&new_key()))
                 .await
                 .unwrap();
@@ -838,7 +844,7 @@ mod approval_crash {
             );
             assert_eq!(r.body["approved_by"], approver.id.as_str());
             tokio::time::sleep(Duration::from_millis(400)).await;
-            let r = ApiClient::new(&base, &approver.secret)
+            let r = api_client(&base, &approver.secret)
                 .post(&path, &json!({}), Some(&key))
                 .await
                 .unwrap();

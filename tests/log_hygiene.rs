@@ -82,6 +82,7 @@ async fn logs_carry_no_health_data_keys_or_payment_methods() {
     let log_file = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_carebill"))
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+        .envs(tls_env())
         .env("DATABASE_URL", &url)
         .env("CAREBILL_KEYRING", crate::common::test_keyring())
         .env("RUST_LOG", "debug")
@@ -89,14 +90,19 @@ async fn logs_carry_no_health_data_keys_or_payment_methods() {
         .stderr(Stdio::from(log_file))
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("https://127.0.0.1:{port}");
     for _ in 0..200 {
-        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+        if https_client()
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let c = ApiClient::new(&base, &key);
+    let c = api_client(&base, &key);
     let secrets = [
         "Zebulon Quartermaine",
         "1961-07-04",
@@ -161,7 +167,7 @@ async fn logs_carry_no_health_data_keys_or_payment_methods() {
         .await
         .unwrap()
         .secret;
-    let admin = ApiClient::new(&base, &admin_key);
+    let admin = api_client(&base, &admin_key);
     let password = "Quartermaine vaulted 88 zebras";
     admin
         .create("/v1/users", &json!({"email": "zq.staff@example.org", "role": "billing_clerk", "password": password}))
@@ -185,7 +191,7 @@ async fn logs_carry_no_health_data_keys_or_payment_methods() {
         .await
         .unwrap();
     let token = signin.body["token"].as_str().unwrap().to_owned();
-    let staff = ApiClient::new(&base, &token);
+    let staff = api_client(&base, &token);
     let enrol = staff
         .post("/v1/sessions/mfa/enrollment", &json!({}), None)
         .await

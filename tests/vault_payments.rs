@@ -670,6 +670,7 @@ mod resume_after_crash {
         let child = Server(
             Command::new(env!("CARGO_BIN_EXE_carebill"))
                 .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+                .envs(tls_env())
                 .env("DATABASE_URL", &app.state().config.database_url)
                 .env("CAREBILL_KEYRING", app.keyring())
                 .env("CAREBILL_FAILPOINTS", failpoints)
@@ -684,9 +685,14 @@ mod resume_after_crash {
                 .spawn()
                 .unwrap(),
         );
-        let base = format!("http://127.0.0.1:{port}");
+        let base = format!("https://127.0.0.1:{port}");
         for _ in 0..200 {
-            if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+            if https_client()
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
                 return (child, base);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -703,7 +709,7 @@ mod resume_after_crash {
         let pay_key = new_key();
 
         let (mut child, base) = start_binary(&app, "payment_after_processor").await;
-        let r = ApiClient::new(&base, &key)
+        let r = api_client(&base, &key)
             .post("/v1/payments", &body, Some(&pay_key))
             .await;
         assert!(r.is_err(), "the request dies with the process: {r:?}");
@@ -741,7 +747,7 @@ mod resume_after_crash {
 
         let (_child, base) = start_binary(&app, "").await;
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let r = ApiClient::new(&base, &key)
+        let r = api_client(&base, &key)
             .post("/v1/payments", &body, Some(&pay_key))
             .await
             .unwrap();

@@ -1,5 +1,8 @@
 //! Test harness: every test starts the real server on port 0 with its own fresh database
-//! (a new SQLite file, or a new PostgreSQL database) and drives it over HTTP.
+//! (a new SQLite file, or a new PostgreSQL database) and drives it over HTTPS, as production
+//! serves: the server presents a certificate of a development CA made once per test binary
+//! ([`test_tls`]), and the clients ([`https_client`], [`api_client`], `TestApp::admin`) trust
+//! that CA and nothing else.
 //!
 //! `both_backends!` turns one async test body into two tests, `sqlite` and `postgres`; its
 //! `spawn = …` form starts the app another way (e.g. [`TestApp::spawn_with_vault`], which also
@@ -99,6 +102,83 @@ pub fn child_logging(level: &str) -> (String, Stdio) {
 pub fn test_keyring() -> &'static str {
     static KEYRING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     KEYRING.get_or_init(|| carebill::crypto::LocalKeyring::generate_text().to_string())
+}
+
+/// The TLS material of this test binary: a development CA and a server certificate for
+/// `localhost`/`127.0.0.1` it issued, written once (under Cargo's `CARGO_TARGET_TMPDIR`, or the
+/// artifacts directory) and used by every server the binary starts. Tests that rotate or break
+/// a certificate write their own files (issued by the same [`TestTls::ca`]), never these.
+pub struct TestTls {
+    pub ca: devcerts::Ca,
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca_pem: Vec<u8>,
+}
+
+pub fn test_tls() -> &'static TestTls {
+    static TLS: std::sync::OnceLock<TestTls> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let parent = artifacts_dir().unwrap_or_else(|| {
+            // Cargo's scratch directory for tests: earlier runs' TLS directories are removed
+            // once an hour old (no test binary runs that long).
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            let stale = |e: &std::fs::DirEntry| {
+                e.file_name().to_string_lossy().starts_with("carebill-tls-")
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+            };
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if stale(&entry) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+            dir
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("carebill-tls-")
+            .tempdir_in(parent)
+            .expect("TLS directory")
+            .keep();
+        let ca = devcerts::Ca::new("carebill test CA").expect("test CA");
+        let server = ca
+            .server_cert(devcerts::BILLING_SERVER_NAMES)
+            .expect("server certificate");
+        let tls = TestTls {
+            ca_cert: dir.join("ca.pem"),
+            cert: dir.join("billing.pem"),
+            key: dir.join("billing.key"),
+            ca_pem: ca.cert_pem().as_bytes().to_vec(),
+            ca,
+        };
+        std::fs::write(&tls.ca_cert, &tls.ca_pem).unwrap();
+        std::fs::write(&tls.cert, &server.cert_pem).unwrap();
+        devcerts::write_private(&tls.key, &server.key_pem).unwrap();
+        tls
+    })
+}
+
+/// `CAREBILL_TLS_CERT` and `CAREBILL_TLS_KEY` for a `carebill serve` child process.
+pub fn tls_env() -> [(&'static str, PathBuf); 2] {
+    let tls = test_tls();
+    [
+        ("CAREBILL_TLS_CERT", tls.cert.clone()),
+        ("CAREBILL_TLS_KEY", tls.key.clone()),
+    ]
+}
+
+/// An HTTPS-only client trusting the test CA only (one per test: a client's connection pool
+/// belongs to the runtime that made it).
+pub fn https_client() -> reqwest::Client {
+    carebill::client::https_client(&test_tls().ca_pem).expect("HTTPS client")
+}
+
+/// An API client for `base` with `key`, trusting the test CA only.
+pub fn api_client(base: &str, key: &str) -> ApiClient {
+    ApiClient::with_http(base, key, https_client())
 }
 
 pub fn pg_admin_url() -> String {
@@ -202,9 +282,12 @@ impl TestApp {
 
     pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let (url, cleanup) = fresh_database(backend).await;
+        let tls = test_tls();
         let mut config = Config {
             database_url: url,
             addr: "127.0.0.1:0".to_owned(),
+            tls_cert: Some(tls.cert.clone()),
+            tls_key: Some(tls.key.clone()),
             // Tests fire retries in tight loops (duplicate storms, races) with one key; the
             // per-caller rate limit has its own test, which lowers this.
             api_requests_per_second: 1_000_000,
@@ -240,11 +323,11 @@ impl TestApp {
             .expect("bind port 0");
         let db = state.db.clone();
         let running = carebill::server::spawn(state, listener).expect("spawn");
-        let base = format!("http://{}", running.addr);
+        let base = format!("https://{}", running.addr);
         // The tests' main client works the billing office's whole day (patients, bills,
         // payments, refunds, the ledger): the billing manager. (The `admin` role manages users
         // and keys and reads no health or payment data; `as_role("admin")` is that.)
-        let admin = ApiClient::new(&base, &keys["billing_manager"]);
+        let admin = api_client(&base, &keys["billing_manager"]);
         TestApp {
             backend,
             base,
@@ -299,6 +382,11 @@ impl TestApp {
             .as_ref()
             .expect("test apps have an inline keyring")
             .to_string()
+    }
+
+    /// The running server: its listeners' addresses and the certificate in service.
+    pub fn running(&self) -> &Running {
+        &self.running
     }
 
     /// The server's state (database, config, processor), for tests that call library code.

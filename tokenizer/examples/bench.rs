@@ -187,6 +187,7 @@ async fn run_backend(args: &Args, backend: &str) -> (Phase, Phase) {
         internal_addr: "127.0.0.1:0".parse().unwrap(),
         tls_cert: dir.path().join("vault.pem"),
         tls_key: dir.path().join("vault.key"),
+        tls_reload_interval: Duration::from_secs(10),
         client_ca: dir.path().join("ca.pem"),
         client_allowlist: vec!["carebill-billing".to_owned()],
         key_components: components,

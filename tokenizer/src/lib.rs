@@ -53,9 +53,11 @@ pub struct Config {
     pub database_url: String,
     pub collect_addr: SocketAddr,
     pub internal_addr: SocketAddr,
-    /// The vault's server certificate and key (both listeners).
+    /// The vault's server certificate and key (both listeners), reloaded when they change.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// How often the certificate and key files are checked for a rotation (also on SIGHUP).
+    pub tls_reload_interval: Duration,
     /// The CA that issues billing's client certificates.
     pub client_ca: PathBuf,
     /// Client-certificate identities (DNS SAN) allowed on the internal listener.
@@ -76,6 +78,8 @@ pub struct Running {
     pub collect_addr: SocketAddr,
     pub internal_addr: SocketAddr,
     pub state: AppState,
+    /// The certificate both listeners present.
+    pub tls: Arc<tlskit::ReloadingCert>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -115,13 +119,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )),
         minter: Minter::Simulator,
     };
-    let collect_tls = tls::server_config(&config.tls_cert, &config.tls_key)?;
-    let internal_tls = tls::mtls_config(
-        &config.tls_cert,
-        &config.tls_key,
-        &config.client_ca,
-        &config.client_allowlist,
+    let certs = tlskit::ReloadingCert::load(
+        "vault",
+        tlskit::CertPaths::new(&config.tls_cert, &config.tls_key),
     )?;
+    let collect_tls = tls::server_config(certs.clone())?;
+    let internal_tls =
+        tls::mtls_config(certs.clone(), &config.client_ca, &config.client_allowlist)?;
     let allowed = tls::allowlist_names(&config.client_allowlist)?;
     let collect = TcpListener::bind(config.collect_addr).await?;
     let internal = TcpListener::bind(config.internal_addr).await?;
@@ -148,6 +152,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             shutdown_signal(rx.clone()),
         )),
     ];
+    let watcher = certs.watch(config.tls_reload_interval);
+    let watcher_rx = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        shutdown_signal(watcher_rx).await;
+        watcher.abort();
+    }));
     let sweeper_state = state.clone();
     let mut sweeper_rx = rx;
     tasks.push(tokio::spawn(async move {
@@ -167,6 +177,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         collect_addr,
         internal_addr,
         state,
+        tls: certs,
         shutdown: tx,
         tasks,
     })

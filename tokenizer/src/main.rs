@@ -80,6 +80,15 @@ struct ServeArgs {
     tls_cert: PathBuf,
     #[arg(long, env = "TOKENIZER_TLS_KEY")]
     tls_key: PathBuf,
+    /// How often the certificate and key files are checked for a rotation, in milliseconds
+    /// (SIGHUP checks at once).
+    #[arg(
+        long,
+        env = "TOKENIZER_TLS_RELOAD_INTERVAL_MS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(100..=86_400_000)
+    )]
+    tls_reload_interval_ms: u64,
     /// CA of the client certificates accepted on the internal listener.
     #[arg(long, env = "TOKENIZER_CLIENT_CA")]
     client_ca: PathBuf,
@@ -195,6 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 internal_addr: args.internal_addr,
                 tls_cert: args.tls_cert,
                 tls_key: args.tls_key,
+                tls_reload_interval: Duration::from_millis(args.tls_reload_interval_ms),
                 client_ca: args.client_ca,
                 client_allowlist: args.client_allowlist,
                 key_components: args.components.key_components,

@@ -1,5 +1,6 @@
-//! A development PKI: one local CA, and the certificates carebill's processes present to each
-//! other.
+//! A development PKI: one local CA, and the certificates carebill's processes present: the
+//! billing server's HTTPS certificate, the vault's, and billing's client certificate for the
+//! vault's mutual-TLS listener.
 //!
 //! `carebill up` calls [`ensure_dev_pki`] so the one-command start serves real TLS and real
 //! mutual TLS between billing and the card vault, with nothing to install. Production deployments
@@ -24,6 +25,8 @@ use rcgen::{
 pub const BILLING_CLIENT_NAME: &str = "carebill-billing";
 /// The vault's server name; its certificate also covers `localhost` and `127.0.0.1`.
 pub const VAULT_SERVER_NAME: &str = "carebill-vault";
+/// The names the billing server's development certificate covers.
+pub const BILLING_SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
 /// A certificate and its private key, both PEM. `Debug` leaves the key out.
 #[derive(Clone)]
@@ -87,12 +90,35 @@ impl Ca {
         self.leaf(names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate for `names` valid from `not_before` to `not_after` only: the
+    /// expired and not-yet-valid certificates the TLS tests present.
+    pub fn server_cert_between(
+        &self,
+        names: &[&str],
+        not_before: std::time::SystemTime,
+        not_after: std::time::SystemTime,
+    ) -> anyhow::Result<Issued> {
+        self.leaf_with(names, ExtendedKeyUsagePurpose::ServerAuth, |params| {
+            params.not_before = not_before.into();
+            params.not_after = not_after.into();
+        })
+    }
+
     /// A client certificate whose identity (DNS SAN and common name) is `name`.
     pub fn client_cert(&self, name: &str) -> anyhow::Result<Issued> {
         self.leaf(&[name], ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> anyhow::Result<Issued> {
+        self.leaf_with(names, usage, |_| {})
+    }
+
+    fn leaf_with(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> anyhow::Result<Issued> {
         let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(sans)?;
         let mut dn = DistinguishedName::new();
@@ -106,6 +132,7 @@ impl Ca {
         params.extended_key_usages = vec![usage];
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, 825);
+        adjust(&mut params);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
@@ -129,6 +156,9 @@ pub struct DevPki {
     pub vault_key: PathBuf,
     pub billing_client_cert: PathBuf,
     pub billing_client_key: PathBuf,
+    /// The billing server's own HTTPS certificate and key.
+    pub billing_cert: PathBuf,
+    pub billing_key: PathBuf,
 }
 
 impl DevPki {
@@ -139,16 +169,20 @@ impl DevPki {
             vault_key: dir.join("vault.key"),
             billing_client_cert: dir.join("billing-client.pem"),
             billing_client_key: dir.join("billing-client.key"),
+            billing_cert: dir.join("billing.pem"),
+            billing_key: dir.join("billing.key"),
         }
     }
 
-    fn files(&self) -> [&PathBuf; 5] {
+    fn files(&self) -> [&PathBuf; 7] {
         [
             &self.ca_cert,
             &self.vault_cert,
             &self.vault_key,
             &self.billing_client_cert,
             &self.billing_client_key,
+            &self.billing_cert,
+            &self.billing_key,
         ]
     }
 }
@@ -164,11 +198,14 @@ pub fn ensure_dev_pki(dir: &Path) -> anyhow::Result<DevPki> {
     let ca = Ca::new("carebill development CA")?;
     let vault = ca.server_cert(&[VAULT_SERVER_NAME, "localhost", "127.0.0.1"])?;
     let client = ca.client_cert(BILLING_CLIENT_NAME)?;
+    let billing = ca.server_cert(BILLING_SERVER_NAMES)?;
     write_public(&pki.ca_cert, ca.cert_pem())?;
     write_public(&pki.vault_cert, &vault.cert_pem)?;
     write_private(&pki.vault_key, &vault.key_pem)?;
     write_public(&pki.billing_client_cert, &client.cert_pem)?;
     write_private(&pki.billing_client_key, &client.key_pem)?;
+    write_public(&pki.billing_cert, &billing.cert_pem)?;
+    write_private(&pki.billing_key, &billing.key_pem)?;
     Ok(pki)
 }
 

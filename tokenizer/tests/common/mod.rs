@@ -143,6 +143,7 @@ impl Vault {
             internal_addr: "127.0.0.1:0".parse().unwrap(),
             tls_cert,
             tls_key,
+            tls_reload_interval: Duration::from_secs(10),
             client_ca,
             client_allowlist: vec![devcerts::BILLING_CLIENT_NAME.to_owned()],
             key_components: components.clone(),
