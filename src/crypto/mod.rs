@@ -24,6 +24,7 @@
 //! exported. A value that fails authentication is an error for that record only, recorded as a
 //! `ciphertext_rejected` security event; it never panics and never takes a list down.
 
+pub mod bench;
 pub mod blind;
 pub mod cli;
 pub mod field;
