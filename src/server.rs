@@ -38,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::export::router())
         .merge(crate::identity::router())
         .merge(crate::audit::router())
+        .merge(crate::stripe::webhooks::router())
         .route("/v1/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -189,8 +190,19 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     // The simulator stands for the processor on the other side of the wire: its own small pool,
     // whose commits do not wait for the disk (they survive a process crash, which is what the
     // crash-recovery tests need) and so do not compete with billing commits for fsyncs.
-    let simulator_db = Db::connect_with(&config.database_url, Durability::Relaxed, 8).await?;
-    let processor = Arc::new(Simulator::new(simulator_db));
+    // With STRIPE_API_KEY set, Stripe is the processor (src/stripe).
+    let processor: Arc<dyn crate::processor::PaymentProcessor> =
+        match crate::stripe::processor::StripeProcessor::from_config(&config)? {
+            Some(stripe) => {
+                tracing::info!(api_base = %config.stripe.api_base, "processor: stripe");
+                Arc::new(stripe)
+            }
+            None => {
+                let simulator_db =
+                    Db::connect_with(&config.database_url, Durability::Relaxed, 8).await?;
+                Arc::new(Simulator::new(simulator_db))
+            }
+        };
     let vault = crate::vault::VaultClient::from_config(&config)?;
     if let Some(v) = &vault {
         tracing::info!(vault = %v.base_url(), "card vault configured");

@@ -113,7 +113,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.rate_global,
             config.rate_window,
         )),
-        minter: Minter::Simulator,
+        minter: Minter::from_env()?,
     };
     let collect_tls = tls::server_config(&config.tls_cert, &config.tls_key)?;
     let internal_tls = tls::mtls_config(
