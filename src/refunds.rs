@@ -1096,7 +1096,9 @@ pub(crate) async fn apply_processor_update(
                 .bind(payment.id.as_str())
                 .execute(&mut **tx)
                 .await?;
-            sqlx::query("UPDATE refunds SET status = 'failed', failure_code = $1, updated_at_us = $2 WHERE id = $3")
+            // The split moves back onto the payment above; the refund keeps its entry id, which
+            // the reversal points at.
+            sqlx::query("UPDATE refunds SET status = 'failed', applied_minor = 0, credited_minor = 0, failure_code = $1, updated_at_us = $2 WHERE id = $3")
                 .bind(failure_code)
                 .bind(now)
                 .bind(id.as_str())
