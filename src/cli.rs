@@ -1,5 +1,5 @@
 //! The command line: `carebill serve | migrate | up | apikey create | ledger verify | audit
-//! verify|export|purge | export | bench`.
+//! verify|export|purge | export | bench | reconcile`.
 
 use std::path::PathBuf;
 
@@ -74,6 +74,16 @@ pub enum Command {
     BenchExport(crate::export::bench::BenchExportArgs),
     /// Benchmark the audit trail's batch writer and sealer (records per second).
     BenchAudit(crate::audit::BenchAuditArgs),
+    /// Reconcile with Stripe: post processor fees and payouts once each, settle payments left
+    /// `processing`, and report mismatches (exit 1 when there is any).
+    Reconcile {
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark `Stripe-Signature` verification (verifications per second) against raw
+    /// HMAC-SHA256 computations in the same run.
+    BenchWebhooksVerify(crate::stripe::signature::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,5 +271,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args).await,
         Command::BenchExport(args) => crate::export::bench::run(args).await,
         Command::BenchAudit(args) => crate::audit::bench(args).await,
+        Command::Reconcile { json } => {
+            let db = crate::db::Db::connect(&config.database_url).await?;
+            crate::db::migrate(&db).await?;
+            let report = crate::stripe::reconcile::run(&db, &config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            anyhow::ensure!(
+                report.mismatches.is_empty(),
+                "{} mismatches between Stripe and the ledger",
+                report.mismatches.len()
+            );
+            Ok(())
+        }
+        Command::BenchWebhooksVerify(args) => crate::stripe::signature::bench(args),
     }
 }

@@ -234,6 +234,14 @@ pub struct Running {
 pub fn spawn(state: AppState, listener: TcpListener) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     crate::idempotency::spawn_sweeper(state.clone(), SWEEP_INTERVAL);
+    let every = state.config.stripe.reconcile_interval_seconds;
+    if every > 0 && state.config.stripe.api_key.is_some() {
+        crate::stripe::reconcile::spawn_periodic(
+            state.db.clone(),
+            state.config.clone(),
+            std::time::Duration::from_secs(every),
+        );
+    }
     let router = app(state.clone());
     let handle = tokio::spawn(async move {
         // The peer address reaches handlers (sign-in throttling, security events).

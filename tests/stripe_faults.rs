@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -53,6 +53,10 @@ struct Fake {
     /// The status the next PaymentIntent gets.
     intent_status: String,
     refund_status: String,
+    /// Balance transactions, newest first as Stripe lists them: one per succeeded charge
+    /// (with a fee) and refund, made as they happen.
+    balance_transactions: Vec<Value>,
+    payouts: Vec<Value>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -69,6 +73,8 @@ async fn start_fake() -> (String, Shared) {
         .route("/v1/payment_methods/{id}", get(get_pm))
         .route("/v1/refunds", post(create_refund))
         .route("/v1/refunds/{id}", get(get_refund))
+        .route("/v1/balance_transactions", get(list_balance_transactions))
+        .route("/v1/payouts", get(list_payouts))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -143,6 +149,14 @@ async fn create_intent(State(fake): State<Shared>, headers: HeaderMap, body: Str
         if status == "requires_action" {
             intent["next_action"] = json!({"type": "use_stripe_sdk"});
         }
+        if status == "succeeded" {
+            let amount = intent["amount"].as_i64().unwrap();
+            let n = f.balance_transactions.len() + 1;
+            f.balance_transactions.insert(0, json!({"id": format!("txn_c{n}"), "object": "balance_transaction",
+                "type": "charge", "amount": amount, "fee": 30 + amount * 29 / 1000, "currency": "usd",
+                "source": {"id": format!("ch_{n}"), "object": "charge", "payment_intent": id,
+                           "metadata": intent["metadata"]}}));
+        }
         f.intents.insert(id, intent.clone());
         intent
     })
@@ -173,6 +187,12 @@ async fn create_refund(State(fake): State<Shared>, headers: HeaderMap, body: Str
         let refund = json!({"id": id, "object": "refund", "status": f.refund_status,
             "amount": form["amount"].parse::<i64>().unwrap(), "payment_intent": form["payment_intent"],
             "metadata": {"carebill_refund": form["metadata[carebill_refund]"]}});
+        if f.refund_status == "succeeded" {
+            let n = f.balance_transactions.len() + 1;
+            f.balance_transactions.insert(0, json!({"id": format!("txn_r{n}"), "object": "balance_transaction",
+                "type": "refund", "amount": -refund["amount"].as_i64().unwrap(), "fee": 0, "currency": "usd",
+                "source": refund.clone()}));
+        }
         f.refunds.insert(id, refund.clone());
         refund
     })
@@ -188,6 +208,42 @@ async fn get_refund(State(fake): State<Shared>, Path(id): Path<String>) -> Respo
         )
             .into_response(),
     }
+}
+
+/// Stripe's list pagination (`limit`, `starting_after`, `has_more`), with pages of at most
+/// 2 so that every run crosses pages.
+fn page_of(all: &[Value], query: &HashMap<String, String>) -> Response {
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(10)
+        .min(2);
+    let start = match query.get("starting_after") {
+        Some(after) => all.iter().position(|o| o["id"] == after.as_str()).unwrap() + 1,
+        None => 0,
+    };
+    let data: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+    let has_more = start + data.len() < all.len();
+    Json(json!({"object": "list", "data": data, "has_more": has_more})).into_response()
+}
+
+async fn list_balance_transactions(
+    State(fake): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    assert_eq!(
+        query.get("expand[]").map(String::as_str),
+        Some("data.source"),
+        "the reconciler reads each transaction's source"
+    );
+    page_of(&fake.lock().unwrap().balance_transactions, &query)
+}
+
+async fn list_payouts(
+    State(fake): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    page_of(&fake.lock().unwrap().payouts, &query)
 }
 
 async fn app_on(backend: Backend, base: &str) -> TestApp {
@@ -596,6 +652,215 @@ async fn webhook_bad_input(backend: Backend) {
     app.finish().await;
 }
 
+/// `carebill reconcile`: a payment whose answer was lost is settled by asking again with its
+/// own key (one charge at Stripe); fees and a paid payout are posted once each, however many
+/// runs; the deliberate differences (a capture Stripe does not show, a charge we have no
+/// payment for, a refund of another amount, a payout Stripe does not list) are reported, by
+/// the library and by the command (`--json`, exit 1). The ledger stays sound.
+async fn reconcile_posts_once_and_reports_mismatches(backend: Backend) {
+    use carebill::stripe::reconcile;
+    let (base, fake) = start_fake().await;
+    let app = app_on(backend, &base).await;
+    let p1 = pay(&app, 5_000).await; // pi_fake1, txn_c1 (fee 175)
+    let r = app
+        .admin
+        .post(
+            "/v1/refunds",
+            &json!({"payment": p1["id"], "amount": 1_000, "reason": "billing_error"}),
+            Some(&new_key()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.body["status"], "succeeded", "{}", r.body);
+    // The answer is lost and not retried: `processing`, no intent id, nothing at Stripe.
+    fake.lock().unwrap().faults = VecDeque::from([Fault::Error500NoRetry]);
+    let p2 = pay(&app, 3_000).await;
+    assert_eq!(p2["status"], "processing", "{p2}");
+    let p3 = pay(&app, 2_000).await; // pi_fake2
+    assert_eq!(p3["status"], "succeeded", "{p3}");
+    // A payout already booked from its webhook that Stripe does not list.
+    let t = now_s();
+    let ghost = json!({"id": "po_ghost", "object": "payout", "amount": 100, "currency": "usd", "status": "paid"});
+    let (s, _) = deliver(
+        &app,
+        &event("evt_ghost", "payout.paid", t, ghost),
+        SECRET,
+        t,
+    )
+    .await;
+    assert_eq!(s, 200);
+    {
+        let mut f = fake.lock().unwrap();
+        // Deliberate differences: p3's charge is gone from Stripe's list; a charge of someone
+        // else's; the refund is listed for 1 200, not 1 000.
+        f.balance_transactions
+            .retain(|bt| bt["source"]["payment_intent"] != "pi_fake2");
+        f.balance_transactions.push(json!({"id": "txn_stranger", "type": "charge", "amount": 777,
+            "fee": 53, "currency": "usd", "source": {"id": "ch_x", "payment_intent": "pi_stranger"}}));
+        for bt in f.balance_transactions.iter_mut() {
+            if bt["type"] == "refund" {
+                bt["amount"] = json!(-1_200);
+            }
+        }
+        f.payouts = vec![
+            json!({"id": "po_1", "object": "payout", "amount": 4_000, "currency": "usd", "status": "paid", "arrival_date": t}),
+            json!({"id": "po_2", "object": "payout", "amount": 900, "currency": "usd", "status": "in_transit"}),
+        ];
+    }
+    let config = app.state().config.clone();
+    let first = reconcile::run(&app.db, &config).await.unwrap();
+    // The re-asked charge: one new PaymentIntent (pi_fake3), with its balance transaction.
+    assert_eq!(fake.lock().unwrap().charges_created, 3);
+    assert_eq!(first.payments_settled, 1, "{}", first.table());
+    assert_eq!(first.payments_still_processing, 0);
+    assert_eq!(first.payouts_posted, 1);
+    assert_eq!(first.payouts_seen, 2);
+    // Fees: p1 (175), p2 re-asked (117), the stranger (53); p3's transaction is not listed.
+    assert_eq!(first.fees_posted, 3, "{}", first.table());
+    let now = app
+        .admin
+        .get(&format!("/v1/payments/{}", p2["id"].as_str().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(now.body["status"], "succeeded", "{}", now.body);
+    let mut found: Vec<(&str, &str, Option<String>)> = first
+        .mismatches
+        .iter()
+        .map(|m| (m.kind, m.object, m.stripe_id.clone()))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            ("amount_differs", "refund", Some("re_fake1".to_owned())),
+            (
+                "missing_in_ledger",
+                "payment",
+                Some("pi_stranger".to_owned())
+            ),
+            ("missing_in_stripe", "payment", Some("pi_fake2".to_owned())),
+            ("missing_in_stripe", "payout", Some("po_ghost".to_owned())),
+        ],
+        "{}",
+        first.table()
+    );
+    let table = first.table();
+    assert!(
+        table.contains("pi_stranger") && table.contains("mismatches 4"),
+        "{table}"
+    );
+
+    // Again: nothing posted twice, the same differences.
+    let second = reconcile::run(&app.db, &config).await.unwrap();
+    assert_eq!(
+        (
+            second.fees_posted,
+            second.payouts_posted,
+            second.payments_settled
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(second.mismatches, first.mismatches);
+    assert_eq!(entries_of_kind(&app, "processor_fee").await, 3);
+    assert_eq!(entries_of_kind(&app, "payout").await, 2);
+    assert_eq!(entries_of_kind(&app, "payment_captured").await, 3);
+    app.assert_ledger_sound().await;
+
+    // The command: JSON, exit 1 on mismatches; then `ledger verify` stays green.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_carebill"))
+            .args(args)
+            .env("DATABASE_URL", &config.database_url)
+            .env("CAREBILL_KEYRING", app.keyring())
+            .env("STRIPE_API_KEY", "rk_test_fault")
+            .env("STRIPE_API_BASE", &base)
+            .env("STRIPE_TIMEOUT_MS", "1000")
+            .env("STRIPE_MAX_RETRIES", "1")
+            .env_remove("CAREBILL_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["reconcile", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mismatches"].as_array().unwrap().len(), 4, "{json}");
+    assert_eq!(json["fees_posted"], 0, "{json}");
+    let out = cli(&["reconcile"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("amount_differs"));
+    let out = cli(&["ledger", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // With the differences gone, the command is green.
+    {
+        let mut f = fake.lock().unwrap();
+        f.balance_transactions
+            .retain(|bt| bt["id"] != "txn_stranger");
+        for bt in f.balance_transactions.iter_mut() {
+            if bt["type"] == "refund" {
+                bt["amount"] = json!(-1_000);
+            }
+        }
+        f.balance_transactions.push(
+            json!({"id": "txn_late", "type": "charge", "amount": 2_000, "fee": 88,
+            "currency": "usd", "source": {"id": "ch_late", "payment_intent": "pi_fake2"}}),
+        );
+        f.payouts
+            .push(json!({"id": "po_ghost", "amount": 100, "currency": "usd", "status": "paid"}));
+    }
+    let out = cli(&["reconcile"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no mismatches"));
+    app.assert_ledger_sound().await;
+    app.finish().await;
+}
+
+/// The periodic job runs when `reconcile_interval_seconds` > 0 (off by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn periodic_reconcile_posts_fees() {
+    let (base, fake) = start_fake().await;
+    let app = TestApp::spawn_with(Backend::Sqlite, {
+        let base = base.clone();
+        move |c| {
+            c.stripe.api_key = Some(Arc::new(zeroize::Zeroizing::new(
+                "rk_test_fault".to_owned(),
+            )));
+            c.stripe.api_base = base;
+            c.stripe.timeout_ms = 400;
+            c.stripe.retry_base_ms = 5;
+            c.stripe.retry_max_ms = 40;
+            c.stripe.reconcile_interval_seconds = 1;
+        }
+    })
+    .await;
+    pay(&app, 1_000).await;
+    assert_eq!(fake.lock().unwrap().balance_transactions.len(), 1);
+    let mut fees = 0;
+    for _ in 0..100 {
+        fees = entries_of_kind(&app, "processor_fee").await;
+        if fees > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fees, 1, "the periodic job posted the fee");
+    app.assert_ledger_sound().await;
+    app.finish().await;
+}
+
 macro_rules! on_both {
     ($name:ident) => {
         mod $name {
@@ -616,3 +881,4 @@ on_both!(unknown_outcome_settles_by_webhook);
 on_both!(requires_action_then_webhook);
 on_both!(refunds_disputes_payouts);
 on_both!(webhook_bad_input);
+on_both!(reconcile_posts_once_and_reports_mismatches);

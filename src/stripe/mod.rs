@@ -6,6 +6,7 @@
 //! | [`processor`] | [`processor::StripeProcessor`], the [`crate::processor::PaymentProcessor`] for Stripe |
 //! | [`signature`] | `Stripe-Signature` verification (HMAC-SHA256, constant time, rotation, tolerance) |
 //! | [`webhooks`] | `POST /v1/webhooks/stripe`: events applied once, each a balanced ledger entry |
+//! | [`reconcile`] | `carebill reconcile` and its periodic job: fees, payouts, in-flight payments, mismatches |
 //!
 //! # Why not `async-stripe`
 //! The issue asked for the `async-stripe` crate with only the resources we use. We talk to
@@ -31,6 +32,7 @@
 
 pub mod client;
 pub mod processor;
+pub mod reconcile;
 pub mod signature;
 pub mod webhooks;
 

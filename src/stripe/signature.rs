@@ -168,6 +168,101 @@ pub fn verify(
     }
 }
 
+/// `carebill bench-webhooks-verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Seconds each measurement lasts.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Size of the event body signed (Stripe's events are a few KiB).
+    #[arg(long, default_value_t = 2048)]
+    pub body_bytes: usize,
+}
+
+/// How many times `f` runs in `seconds` on one thread, per second.
+fn per_second(seconds: u64, mut f: impl FnMut() -> bool) -> anyhow::Result<f64> {
+    let budget = std::time::Duration::from_secs(seconds.clamp(1, 600));
+    let start = std::time::Instant::now();
+    let mut n: f64 = 0.0;
+    loop {
+        // 256 calls between clock reads: the clock is not what is measured.
+        for _ in 0..256 {
+            anyhow::ensure!(std::hint::black_box(f()), "the benchmark's check failed");
+        }
+        n += 256.0;
+        let elapsed = start.elapsed();
+        if elapsed >= budget {
+            return Ok(n / elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// Stripe-Signature verifications per second (one thread), against raw HMAC-SHA256 over the
+/// same signed payload in the same run: the ratio is what to compare across machines.
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let body: Vec<u8> = std::iter::repeat_n(b'x', args.body_bytes.clamp(1, 1 << 20)).collect();
+    let now: i64 = 1_800_000_000;
+    let one = vec![zeroize::Zeroizing::new("whsec_bench_current".to_owned())];
+    let two = vec![
+        zeroize::Zeroizing::new("whsec_bench_current".to_owned()),
+        zeroize::Zeroizing::new("whsec_bench_previous".to_owned()),
+    ];
+    let good = header_for("whsec_bench_current", now, &body);
+    let old = header_for("whsec_bench_previous", now, &body);
+    let wrong = header_for("whsec_someone_else", now, &body);
+    let malformed = format!("t={now},{}", "v1=00,".repeat(600));
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    eprintln!(
+        "bench-webhooks-verify: {build} build, one thread, {} s each, {} byte body",
+        args.seconds,
+        body.len()
+    );
+    let raw = per_second(args.seconds, || {
+        std::hint::black_box(sign(b"whsec_bench_current", now, &body));
+        true
+    })?;
+    let cases: Vec<(&str, f64)> = vec![
+        (
+            "verify, 1 secret, valid",
+            per_second(args.seconds, || {
+                verify(Some(&good), &body, &one, 300, now).is_ok()
+            })?,
+        ),
+        (
+            "verify, 2 secrets (rotation), signed by the old one",
+            per_second(args.seconds, || {
+                verify(Some(&old), &body, &two, 300, now).is_ok()
+            })?,
+        ),
+        (
+            "verify, 2 secrets, wrong secret (rejected)",
+            per_second(args.seconds, || {
+                verify(Some(&wrong), &body, &two, 300, now) == Err(SignatureError::NoMatch)
+            })?,
+        ),
+        (
+            "verify, malformed 4 KiB header (rejected before any HMAC)",
+            per_second(args.seconds, || {
+                matches!(
+                    verify(Some(&malformed), &body, &two, 300, now),
+                    Err(SignatureError::Malformed(_))
+                )
+            })?,
+        ),
+    ];
+    println!("| measurement | per second | ratio to raw HMAC-SHA256 |");
+    println!("| --- | ---: | ---: |");
+    println!("| raw HMAC-SHA256 of `t.` + body (reference) | {raw:.0} | 1.00 |");
+    for (name, rate) in cases {
+        println!("| {name} | {rate:.0} | {:.2} |", rate / raw);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
