@@ -1,5 +1,5 @@
 //! The command line: `carebill serve | migrate | up | apikey create | ledger verify | audit
-//! verify|export|purge | export | bench`.
+//! verify|export|purge | export | bench | reconcile`.
 
 use std::path::PathBuf;
 
@@ -76,6 +76,16 @@ pub enum Command {
     BenchAudit(crate::audit::BenchAuditArgs),
     /// What field encryption costs per operation, against SHA-256 of the same bytes.
     BenchCrypto(crate::crypto::bench::BenchCryptoArgs),
+    /// Reconcile with Stripe: post processor fees and payouts once each, settle payments left
+    /// `processing`, and report mismatches (exit 1 when there is any).
+    Reconcile {
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark `Stripe-Signature` verification (verifications per second) against raw
+    /// HMAC-SHA256 computations in the same run.
+    BenchWebhooksVerify(crate::stripe::signature::BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,5 +274,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchExport(args) => crate::export::bench::run(args).await,
         Command::BenchAudit(args) => crate::audit::bench(args).await,
         Command::BenchCrypto(args) => crate::crypto::bench::run(args).await,
+        Command::Reconcile { json } => {
+            let db = crate::db::Db::connect(&config.database_url).await?;
+            crate::db::migrate(&db).await?;
+            let report = crate::stripe::reconcile::run(&db, &config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            anyhow::ensure!(
+                report.mismatches.is_empty(),
+                "{} mismatches between Stripe and the ledger",
+                report.mismatches.len()
+            );
+            Ok(())
+        }
+        Command::BenchWebhooksVerify(args) => crate::stripe::signature::bench(args),
     }
 }

@@ -28,6 +28,7 @@
 //! | `tls_key` | `CAREBILL_TLS_KEY` | none; `serve` requires it: its private key (PEM) |
 //! | `tls_reload_interval_ms` | `CAREBILL_TLS_RELOAD_INTERVAL_MS` | 10000 (and at once on SIGHUP) |
 //! | `http_redirect_addr` | `CAREBILL_HTTP_REDIRECT_ADDR` | none: no plain-HTTP port |
+//! | `[stripe]` | `STRIPE_API_KEY`, `STRIPE_API_BASE`, `STRIPE_WEBHOOK_SECRETS`, … | the simulator; see `crate::stripe` |
 //!
 //! `dual_control_threshold` is an amount in *major* units of the refund's or write-off's own
 //! currency (a decimal string such as `"500.00"`, or an integer). A refund or write-off above it
@@ -119,6 +120,9 @@ pub struct Config {
     pub tls_reload_interval_ms: u64,
     /// A plain-HTTP listener that only redirects to HTTPS; none: no plain-HTTP port.
     pub http_redirect_addr: Option<String>,
+    /// The Stripe processor, webhooks and reconciler (`STRIPE_*`; see `crate::stripe`). In a
+    /// TOML file: a `[stripe]` table without the key and secrets, which come from the environment.
+    pub stripe: crate::stripe::StripeSettings,
 }
 
 /// Deserializes a decimal setting from a string (`"500.00"`) or an integer (`500`); a TOML
@@ -176,6 +180,7 @@ impl Default for Config {
             tls_key: None,
             tls_reload_interval_ms: 10_000,
             http_redirect_addr: None,
+            stripe: crate::stripe::StripeSettings::default(),
         }
     }
 }
@@ -227,6 +232,7 @@ impl std::fmt::Debug for Config {
             .field("tls_key", &self.tls_key)
             .field("tls_reload_interval_ms", &self.tls_reload_interval_ms)
             .field("http_redirect_addr", &self.http_redirect_addr)
+            .field("stripe", &self.stripe)
             .finish()
     }
 }
@@ -351,6 +357,7 @@ impl Config {
             self.dual_control_threshold = parse_decimal_setting(&v)
                 .map_err(|e| anyhow::anyhow!("CAREBILL_DUAL_CONTROL_THRESHOLD: {e}"))?;
         }
+        self.stripe.apply_env(&get)?;
         self.apply_tls_env(nonempty)
     }
 
@@ -426,6 +433,7 @@ impl Config {
             "tls_reload_interval_ms must be between 100 and 86400000"
         );
         crate::db::Backend::from_url(&self.database_url)?;
+        self.stripe.validate(self.request_timeout_ms)?;
         self.validate_vault()
     }
 

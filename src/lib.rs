@@ -17,6 +17,7 @@
 //! | [`payments`] | charging a payment method, crash-safe |
 //! | [`refunds`] | refunding a payment, with reservations against over-refund |
 //! | [`processor`] | the processor seam and its simulator |
+//! | [`stripe`] | the Stripe adapter, verified inbound webhooks (`/v1/webhooks/stripe`) |
 //! | [`crypto`] | field encryption of health data: envelope keys, blind indexes, crypto-shredding |
 //! | [`vault`] | the card vault's mutual-TLS client: a card token becomes a payment method |
 //! | [`idempotency`] | `Idempotency-Key`: claim, replay, resume after a crash |
@@ -52,6 +53,7 @@ pub mod payments;
 pub mod processor;
 pub mod refunds;
 pub mod server;
+pub mod stripe;
 pub mod telemetry;
 pub mod vault;
 

@@ -9,6 +9,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "carebill API", description = "Payments and billing for healthcare providers: patients, invoices, payments, refunds and a double-entry ledger. Amounts are integer minor units; currencies lowercase ISO 4217."),
     paths(
+        crate::stripe::webhooks::receive,
         crate::patients::create_patient, crate::patients::list_patients, crate::patients::get_patient,
         crate::patients::update_patient, crate::patients::statement,
         crate::patients::search_patients, crate::patients::erase_personal_data,

@@ -101,13 +101,24 @@ pub struct Payment {
     pub failure_code: Option<String>,
     pub failure_message: Option<String>,
     pub journal_entry: Option<String>,
+    /// While the card holder must act (3-D Secure): what Stripe.js is to do next and the
+    /// PaymentIntent's client secret; the payment stays `processing` until Stripe's webhook.
+    pub next_action: Option<NextAction>,
     pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NextAction {
+    /// Stripe's `next_action.type` (e.g. `use_stripe_sdk`, `redirect_to_url`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub client_secret: Option<String>,
 }
 
 const PAYMENT_COLUMNS: &str = "seq, id, patient_id, invoice_id, currency, amount_minor, status, payment_method, \
      processor_payment_method, processor_idempotency_key, processor_charge_id, card_brand, card_last4, \
      failure_code, failure_message, amount_applied_minor, amount_credited_minor, refunded_applied_minor, refunded_credited_minor, \
-     amount_refund_reserved_minor, journal_entry_id, created_at_us";
+     amount_refund_reserved_minor, journal_entry_id, created_at_us, processor_next_action, processor_client_secret, updated_at_us";
 
 /// A payment row as the money code sees it.
 #[derive(Debug, Clone)]
@@ -123,6 +134,7 @@ pub struct PaymentRow {
     pub processor_payment_method: String,
     pub processor_key: String,
     pub charge_id: Option<String>,
+    pub updated_at_us: i64,
     pub applied: Money,
     pub credited: Money,
     pub refunded_applied: Money,
@@ -146,6 +158,7 @@ impl PaymentRow {
             processor_payment_method: row.try_get("processor_payment_method")?,
             processor_key: row.try_get("processor_idempotency_key")?,
             charge_id: row.try_get("processor_charge_id")?,
+            updated_at_us: row.try_get("updated_at_us")?,
             applied: m("amount_applied_minor")?,
             credited: m("amount_credited_minor")?,
             refunded_applied: m("refunded_applied_minor")?,
@@ -203,6 +216,13 @@ fn payment_from_row(row: &AnyRow) -> ApiResult<Payment> {
         failure_code: row.try_get("failure_code")?,
         failure_message: row.try_get("failure_message")?,
         journal_entry: row.try_get("journal_entry_id")?,
+        next_action: match row.try_get::<Option<String>, _>("processor_next_action")? {
+            Some(kind) if p.status == "processing" => Some(NextAction {
+                kind,
+                client_secret: row.try_get("processor_client_secret")?,
+            }),
+            _ => None,
+        },
         created_at: us_to_rfc3339(row.try_get("created_at_us")?),
     })
 }
@@ -490,6 +510,7 @@ async fn record(
                     payment_method: req.payment_method.clone(),
                     processor_payment_method: method.processor_payment_method.clone(),
                     charge_id: None,
+                    updated_at_us: now,
                     applied: zero,
                     credited: zero,
                     refunded_applied: zero,
@@ -551,61 +572,140 @@ async fn apply_outcome(
             idempotency::respond_err(tx, claim, err).await
         }
         Some(Err(e)) => {
-            // Outcome unknown. Nothing is written: the key stays in processor_called, and a
-            // retry with the same key calls the processor again and gets the same answer.
-            tracing::warn!(payment = %id, error = %e, "processor outcome unknown");
-            Err(crate::processor::unavailable_error())
+            // Outcome unknown after the processor client's retries. The payment is left
+            // `processing`: Stripe's webhook or the reconciler (`carebill reconcile`, which asks
+            // again with the same idempotency key) settles it. Nothing is posted.
+            tracing::warn!(payment = %id, error = %e, "processor outcome unknown; left processing");
+            sqlx::query(
+                "UPDATE payments SET status = 'processing', updated_at_us = $1 WHERE id = $2",
+            )
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&mut **tx)
+            .await?;
+            respond(tx, claim, id).await
         }
-        Some(Ok(ChargeOutcome::Succeeded { charge_id, card })) => {
-            let entry = capture(tx, backend, &payment, &charge_id, &card).await?;
-            let response = respond(tx, claim, id).await?;
-            posting::post(tx, backend, entry).await?;
-            Ok(response)
-        }
-        Some(Ok(ChargeOutcome::Processing { charge_id, card })) => {
+        Some(Ok(o)) => match apply_charge(tx, backend, &payment, &o).await? {
+            Applied::Captured(entry) => {
+                let response = respond(tx, claim, id).await?;
+                posting::post(tx, backend, entry).await?;
+                Ok(response)
+            }
+            Applied::Declined { code, message } => {
+                tracing::info!(payment = %id, code, "card declined");
+                let err = failed_payment_error(
+                    tx,
+                    id,
+                    StatusCode::PAYMENT_REQUIRED,
+                    ErrorType::CardError,
+                    code,
+                    message,
+                )
+                .await?;
+                idempotency::respond_err(tx, claim, err).await
+            }
+            Applied::InFlight | Applied::Nothing => respond(tx, claim, id).await,
+        },
+    }
+}
+
+/// What applying a processor outcome to a payment did.
+pub(crate) enum Applied {
+    /// Captured: the entry to post, last in the transaction.
+    Captured(NewEntry),
+    Declined {
+        code: &'static str,
+        message: String,
+    },
+    /// Still in flight (`processing`, maybe with a next action for the card holder).
+    InFlight,
+    /// The payment was already final: nothing changed.
+    Nothing,
+}
+
+/// Applies `outcome` to a payment that is still in flight (`pending` or `processing`): the API
+/// after its processor call, and Stripe's webhooks and the reconciler later. A final payment is
+/// left as it is (duplicate and out-of-order events change nothing).
+pub(crate) async fn apply_charge(
+    tx: &mut Tx,
+    backend: Backend,
+    payment: &PaymentRow,
+    outcome: &ChargeOutcome,
+) -> ApiResult<Applied> {
+    if payment.status != "pending" && payment.status != "processing" {
+        return Ok(Applied::Nothing);
+    }
+    let now = now_us();
+    let id = &payment.id;
+    match outcome {
+        ChargeOutcome::Succeeded { charge_id, card } => Ok(Applied::Captured(
+            capture(tx, backend, payment, charge_id, card).await?,
+        )),
+        ChargeOutcome::Processing { charge_id, card }
+        | ChargeOutcome::RequiresAction {
+            charge_id, card, ..
+        } => {
+            let (next_action, client_secret) = match outcome {
+                ChargeOutcome::RequiresAction {
+                    next_action,
+                    client_secret,
+                    ..
+                } => (Some(next_action.clone()), client_secret.clone()),
+                _ => (None, None),
+            };
             sqlx::query("UPDATE payments SET status = 'processing', processor_charge_id = $1, card_brand = COALESCE(card_brand, $2), \
-                 card_last4 = COALESCE(card_last4, $3), updated_at_us = $4 WHERE id = $5")
+                 card_last4 = COALESCE(card_last4, $3), processor_next_action = $4, processor_client_secret = $5, updated_at_us = $6 WHERE id = $7")
                 .bind(charge_id)
                 .bind(card.as_ref().map(|c| c.brand.clone()))
                 .bind(card.as_ref().map(|c| c.last4.clone()))
+                .bind(next_action)
+                .bind(client_secret)
                 .bind(now)
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
-            respond(tx, claim, id).await
+            Ok(Applied::InFlight)
         }
-        Some(Ok(ChargeOutcome::Declined {
+        ChargeOutcome::Declined {
             charge_id,
             decline_code,
             message,
             card,
-        })) => {
+        } => {
             sqlx::query(
-                "UPDATE payments SET status = 'failed', processor_charge_id = $1, failure_code = $2, failure_message = $3, \
-                 card_brand = COALESCE(card_brand, $4), card_last4 = COALESCE(card_last4, $5), updated_at_us = $6 WHERE id = $7",
+                "UPDATE payments SET status = 'failed', processor_charge_id = COALESCE($1, processor_charge_id), failure_code = $2, failure_message = $3, \
+                 card_brand = COALESCE(card_brand, $4), card_last4 = COALESCE(card_last4, $5), processor_next_action = NULL, processor_client_secret = NULL, \
+                 updated_at_us = $6 WHERE id = $7",
             )
-            .bind(charge_id)
-            .bind(&decline_code)
-            .bind(&message)
+            .bind(charge_id.clone())
+            .bind(decline_code)
+            .bind(message)
             .bind(card.as_ref().map(|c| c.brand.clone()))
             .bind(card.as_ref().map(|c| c.last4.clone()))
             .bind(now)
             .bind(id.as_str())
             .execute(&mut **tx)
             .await?;
-            let code = decline_code_static(&decline_code);
-            tracing::info!(payment = %id, code, "card declined");
-            let err = failed_payment_error(
-                tx,
-                id,
-                StatusCode::PAYMENT_REQUIRED,
-                ErrorType::CardError,
-                code,
-                message,
-            )
-            .await?;
-            idempotency::respond_err(tx, claim, err).await
+            Ok(Applied::Declined {
+                code: decline_code_static(decline_code),
+                message: message.clone(),
+            })
         }
+    }
+}
+
+/// Settles an in-flight payment from outside a request (webhooks, the reconciler): applies the
+/// outcome and posts the capture entry, in `tx`. Returns the entry id when one was posted.
+pub(crate) async fn settle_in_flight(
+    tx: &mut Tx,
+    backend: Backend,
+    id: &PaymentId,
+    outcome: &ChargeOutcome,
+) -> ApiResult<Option<crate::ids::EntryId>> {
+    let payment = lock(tx, backend, id, "payment").await?;
+    match apply_charge(tx, backend, &payment, outcome).await? {
+        Applied::Captured(entry) => Ok(Some(posting::post(tx, backend, entry).await?)),
+        Applied::Declined { .. } | Applied::InFlight | Applied::Nothing => Ok(None),
     }
 }
 
@@ -710,7 +810,7 @@ async fn capture(
     sqlx::query(
         "UPDATE payments SET status = 'succeeded', amount_applied_minor = $1, amount_credited_minor = $2, \
          processor_charge_id = $3, card_brand = COALESCE(card_brand, $4), card_last4 = COALESCE(card_last4, $5), \
-         journal_entry_id = $6, updated_at_us = $7 WHERE id = $8",
+         journal_entry_id = $6, processor_next_action = NULL, processor_client_secret = NULL, updated_at_us = $7 WHERE id = $8",
     )
     .bind(applied.amount_minor())
     .bind(credited.amount_minor())

@@ -1066,3 +1066,127 @@ pub async fn list_refunds(
     drop(conn);
     Ok(Json(List::from_rows(items, limit, "/v1/refunds")))
 }
+
+/// What a processor update did to one of our refunds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefundUpdate {
+    /// Settled (succeeded, entry posted), failed (reservation released) or reversed (a refund
+    /// that had succeeded failed afterwards: its entry reversed, the amounts restored).
+    Applied,
+    /// Our state already said so, or the update is not final yet.
+    Nothing,
+}
+
+/// Applies the processor's later word on refund `id` (Stripe's `refund.*` webhooks): a pending
+/// refund settles or fails; a succeeded one that fails afterwards is reversed in the ledger (the
+/// money is back in processor clearing, the patient owes or holds credit again). Everything in
+/// `tx`; the entry is posted last.
+pub(crate) async fn apply_processor_update(
+    tx: &mut Tx,
+    backend: Backend,
+    id: &RefundId,
+    outcome: &RefundOutcome,
+) -> ApiResult<RefundUpdate> {
+    let (payment, held) = lock_refund(tx, backend, id).await?;
+    let row = sqlx::query(
+        "SELECT applied_minor, credited_minor, journal_entry_id FROM refunds WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    let now = now_us();
+    match (held.status.as_str(), outcome) {
+        ("pending", RefundOutcome::Succeeded { refund_id }) => {
+            let entry = settle(tx, backend, &payment, id, held.amount, refund_id).await?;
+            posting::post(tx, backend, entry).await?;
+            Ok(RefundUpdate::Applied)
+        }
+        (
+            "pending",
+            RefundOutcome::Failed {
+                refund_id,
+                failure_code,
+            },
+        ) => {
+            let reserved = payment.refund_reserved.checked_sub(held.amount)?;
+            assert_money(
+                reserved.amount_minor() >= 0,
+                "refund reservation below zero",
+            )?;
+            sqlx::query("UPDATE payments SET amount_refund_reserved_minor = $1, updated_at_us = $2 WHERE id = $3")
+                .bind(reserved.amount_minor())
+                .bind(now)
+                .bind(payment.id.as_str())
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("UPDATE refunds SET status = 'failed', processor_refund_id = COALESCE($1, processor_refund_id), failure_code = $2, updated_at_us = $3 WHERE id = $4")
+                .bind(refund_id.clone())
+                .bind(failure_code)
+                .bind(now)
+                .bind(id.as_str())
+                .execute(&mut **tx)
+                .await?;
+            Ok(RefundUpdate::Applied)
+        }
+        ("succeeded", RefundOutcome::Failed { failure_code, .. }) => {
+            let currency = payment.currency();
+            let applied = Money::new(row.try_get("applied_minor")?, currency);
+            let credited = Money::new(row.try_get("credited_minor")?, currency);
+            let entry: Option<String> = row.try_get("journal_entry_id")?;
+            let entry = entry.ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("succeeded refund {id} has no entry"))
+            })?;
+            let refunded_applied = payment.refunded_applied.checked_sub(applied)?;
+            let refunded_credited = payment.refunded_credited.checked_sub(credited)?;
+            assert_money(
+                refunded_applied.amount_minor() >= 0 && refunded_credited.amount_minor() >= 0,
+                "refund reversal below zero",
+            )?;
+            if let (Some(inv), false) = (&payment.invoice, applied.is_zero()) {
+                let mut invoice = invoices::lock(tx, backend, inv, "payment").await?;
+                invoice.refunded = invoice.refunded.checked_sub(applied)?;
+                invoice.save_amounts(tx).await?;
+            }
+            sqlx::query("UPDATE payments SET refunded_applied_minor = $1, refunded_credited_minor = $2, updated_at_us = $3 WHERE id = $4")
+                .bind(refunded_applied.amount_minor())
+                .bind(refunded_credited.amount_minor())
+                .bind(now)
+                .bind(payment.id.as_str())
+                .execute(&mut **tx)
+                .await?;
+            // The split moves back onto the payment above; the refund keeps its entry id, which
+            // the reversal points at.
+            sqlx::query("UPDATE refunds SET status = 'failed', applied_minor = 0, credited_minor = 0, failure_code = $1, updated_at_us = $2 WHERE id = $3")
+                .bind(failure_code)
+                .bind(now)
+                .bind(id.as_str())
+                .execute(&mut **tx)
+                .await?;
+            posting::reverse(
+                tx,
+                backend,
+                &crate::ids::EntryId::from_db(entry),
+                format!("Refund {id} failed at the processor after succeeding"),
+                References {
+                    patient: Some(payment.patient.clone()),
+                    invoice: payment.invoice.clone(),
+                    payment: Some(payment.id.clone()),
+                    refund: Some(id.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            Ok(RefundUpdate::Applied)
+        }
+        ("pending", RefundOutcome::Pending { refund_id }) => {
+            sqlx::query("UPDATE refunds SET processor_refund_id = $1, updated_at_us = $2 WHERE id = $3 AND processor_refund_id IS NULL")
+                .bind(refund_id)
+                .bind(now)
+                .bind(id.as_str())
+                .execute(&mut **tx)
+                .await?;
+            Ok(RefundUpdate::Nothing)
+        }
+        _ => Ok(RefundUpdate::Nothing),
+    }
+}

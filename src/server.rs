@@ -48,6 +48,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::export::router())
         .merge(crate::identity::router())
         .merge(crate::audit::router())
+        .merge(crate::stripe::webhooks::router())
         .route("/v1/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -199,8 +200,19 @@ pub async fn prepare(config: Config) -> anyhow::Result<AppState> {
     // The simulator stands for the processor on the other side of the wire: its own small pool,
     // whose commits do not wait for the disk (they survive a process crash, which is what the
     // crash-recovery tests need) and so do not compete with billing commits for fsyncs.
-    let simulator_db = Db::connect_with(&config.database_url, Durability::Relaxed, 8).await?;
-    let processor = Arc::new(Simulator::new(simulator_db));
+    // With STRIPE_API_KEY set, Stripe is the processor (src/stripe).
+    let processor: Arc<dyn crate::processor::PaymentProcessor> =
+        match crate::stripe::processor::StripeProcessor::from_config(&config)? {
+            Some(stripe) => {
+                tracing::info!(api_base = %config.stripe.api_base, "processor: stripe");
+                Arc::new(stripe)
+            }
+            None => {
+                let simulator_db =
+                    Db::connect_with(&config.database_url, Durability::Relaxed, 8).await?;
+                Arc::new(Simulator::new(simulator_db))
+            }
+        };
     let vault = crate::vault::VaultClient::from_config(&config)?;
     if let Some(v) = &vault {
         tracing::info!(vault = %v.base_url(), "card vault configured");
@@ -262,6 +274,14 @@ pub fn spawn(state: AppState, listener: TcpListener) -> anyhow::Result<Running> 
     let redirect_addr = redirect.as_ref().map(|l| l.local_addr()).transpose()?;
     let reload_interval = Duration::from_millis(state.config.tls_reload_interval_ms);
     crate::idempotency::spawn_sweeper(state.clone(), SWEEP_INTERVAL);
+    let every = state.config.stripe.reconcile_interval_seconds;
+    if every > 0 && state.config.stripe.api_key.is_some() {
+        crate::stripe::reconcile::spawn_periodic(
+            state.db.clone(),
+            state.config.clone(),
+            std::time::Duration::from_secs(every),
+        );
+    }
     let router = app(state.clone());
     let watched = certs.clone();
     let handle = tokio::spawn(async move {

@@ -162,6 +162,9 @@ const TABLE: &[Rule] = &[
     rule("GET",    "/v1/openapi.json",                                     "",              [A,  A,   NA,   A,   A,    A,   A,   A,   A,    A]),
     rule("POST",   "/v1/sessions",                                         "",              [A,  A,   NA,   A,   A,    A,   A,   A,   A,    A]),
     rule("POST",   "/v1/sessions/guest",                                   "",              [A,  A,   NA,   A,   A,    A,   A,   A,   A,    A]),
+    // Stripe's webhooks: no credential; the Stripe-Signature is the credential, so every caller
+    // here (none of whom signs) gets the same 400, never a 401/403.
+    rule("POST",   "/v1/webhooks/stripe",                                  "",              [A,  A,   NA,   A,   A,    A,   A,   A,   A,    A]),
     // Sign-in steps take a session token in its sign-in stage: API keys are no session (401); a
     // patient's active session gets a 409 (`session_stage_invalid`) or may enrol TOTP.
     rule("POST",   "/v1/sessions/mfa",                                     "",              [U,  A,   NA,   U,   U,    U,   U,   U,   U,    U]),
@@ -978,6 +981,10 @@ fn call_for(fx: &Fixtures, rule: &Rule, owner: Owner) -> Result<Option<Call>, St
         ("GET", "/healthz", "") => own_only(Call::get("/healthz")),
         ("GET", "/readyz", "") => own_only(Call::get("/readyz")),
         ("GET", "/v1/openapi.json", "") => own_only(Call::get("/v1/openapi.json")),
+        ("POST", "/v1/webhooks/stripe", "") => own_only(Call::post(
+            "/v1/webhooks/stripe",
+            json!({"id": "evt_matrix", "type": "payout.paid", "created": 0, "data": {"object": {}}}),
+        )),
         ("POST", "/v1/sessions", "") => own_only(Call::post(
             "/v1/sessions",
             json!({"email": PATIENT_EMAIL, "password": STRONG}),

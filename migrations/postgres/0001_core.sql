@@ -106,8 +106,10 @@ CREATE TABLE journal_entries (
     id             TEXT NOT NULL UNIQUE,
     posted_at_us   BIGINT NOT NULL,
     effective_date TEXT NOT NULL,
+    -- dispute_*, payout and processor_fee: Stripe's side of the money (src/stripe, src/reconcile.rs).
     kind           TEXT NOT NULL CHECK (kind IN ('invoice_finalized', 'invoice_adjustment', 'payment_captured',
-                                                 'refund_succeeded', 'reversal')),
+                                                 'refund_succeeded', 'reversal', 'dispute_opened',
+                                                 'dispute_won', 'dispute_lost', 'payout', 'processor_fee')),
     memo           TEXT NOT NULL,
     posting_count  BIGINT NOT NULL CHECK (posting_count >= 2),
     reverses_entry_id TEXT UNIQUE REFERENCES journal_entries (id),

@@ -46,6 +46,9 @@ pub enum Kind {
     /// Retention removed records past their time from one of the chained logs, behind a
     /// checkpoint (`detail` is its id; `subject` the log's table).
     AuditPurged,
+    /// A Stripe webhook whose signature was missing, malformed, stale or wrong (`detail` is the
+    /// reason code): someone other than Stripe, or a misconfigured secret.
+    WebhookSignatureRejected,
 }
 
 impl Kind {
@@ -81,6 +84,7 @@ impl Kind {
             Kind::DataKeysRewrapped => "data_keys_rewrapped",
             Kind::KekRetired => "kek_retired",
             Kind::AuditPurged => "audit_purged",
+            Kind::WebhookSignatureRejected => "webhook_signature_rejected",
         }
     }
 }

@@ -38,6 +38,16 @@ pub enum EntryKind {
     PaymentCaptured,
     RefundSucceeded,
     Reversal,
+    /// A chargeback opened: clearing → disputed funds.
+    DisputeOpened,
+    /// Won: disputed funds → clearing.
+    DisputeWon,
+    /// Lost: disputed funds → write-offs.
+    DisputeLost,
+    /// A Stripe payout reached the bank: clearing → bank.
+    Payout,
+    /// Stripe's fee on a balance transaction: clearing → processor fees.
+    ProcessorFee,
 }
 
 impl EntryKind {
@@ -48,6 +58,11 @@ impl EntryKind {
             EntryKind::PaymentCaptured => "payment_captured",
             EntryKind::RefundSucceeded => "refund_succeeded",
             EntryKind::Reversal => "reversal",
+            EntryKind::DisputeOpened => "dispute_opened",
+            EntryKind::DisputeWon => "dispute_won",
+            EntryKind::DisputeLost => "dispute_lost",
+            EntryKind::Payout => "payout",
+            EntryKind::ProcessorFee => "processor_fee",
         }
     }
 }

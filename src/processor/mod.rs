@@ -4,7 +4,8 @@
 //! method and refunds a charge. Every call carries an idempotency key derived from our own
 //! persisted payment or refund id, so calling again after a crash or a timeout returns the
 //! outcome of the first call instead of moving money twice. The built-in [`simulator`] is the
-//! default; the Stripe adapter (a later issue) implements the same trait.
+//! default; the Stripe adapter ([`crate::stripe::processor::StripeProcessor`]) implements the
+//! same trait and takes over when `STRIPE_API_KEY` is set.
 
 pub mod simulator;
 
@@ -42,10 +43,18 @@ pub enum ChargeOutcome {
         charge_id: String,
         card: CardSummary,
     },
-    /// Accepted but not final (e.g. 3-D Secure or a bank delay); settled later.
+    /// Accepted but not final (e.g. a bank delay); settled later by a webhook or the reconciler.
     Processing {
         charge_id: String,
         card: Option<CardSummary>,
+    },
+    /// The customer must act (3-D Secure): the caller gets the client secret and the next
+    /// action for Stripe.js; the payment stays `processing` until the webhook settles it.
+    RequiresAction {
+        charge_id: String,
+        card: Option<CardSummary>,
+        client_secret: Option<String>,
+        next_action: String,
     },
     /// Refused by the issuer or the processor, with its decline code.
     Declined {
@@ -122,4 +131,12 @@ pub trait PaymentProcessor: Send + Sync + 'static {
         &self,
         charge_id: &str,
     ) -> Result<Option<ChargeOutcome>, ProcessorError>;
+    /// The current state of a refund made earlier (`None`: unknown here). Webhooks re-fetch
+    /// with it when an event is older than our state.
+    async fn retrieve_refund(
+        &self,
+        _refund_id: &str,
+    ) -> Result<Option<RefundOutcome>, ProcessorError> {
+        Ok(None)
+    }
 }

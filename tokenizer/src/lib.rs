@@ -117,7 +117,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.rate_global,
             config.rate_window,
         )),
-        minter: Minter::Simulator,
+        minter: Minter::from_env()?,
     };
     let certs = tlskit::ReloadingCert::load(
         "vault",
