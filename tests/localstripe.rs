@@ -83,6 +83,10 @@ async fn start_localstripe(python: &PathBuf) -> LocalStripe {
              web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]), print=None)",
         )
         .arg(port.to_string())
+        // Billing listens on HTTPS only: localstripe's webhook deliveries (aiohttp, OpenSSL's
+        // default verify paths) trust the test CA and nothing else.
+        .env("SSL_CERT_FILE", &test_tls().ca_cert)
+        .env_remove("SSL_CERT_DIR")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

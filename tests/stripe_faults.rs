@@ -269,7 +269,7 @@ fn now_s() -> i64 {
 /// Sends `event` to the webhook endpoint, signed at `t` with `secret`.
 async fn deliver(app: &TestApp, event: &Value, secret: &str, t: i64) -> (u16, Value) {
     let body = serde_json::to_vec(event).unwrap();
-    let r = reqwest::Client::new()
+    let r = https_client()
         .post(format!("{}/v1/webhooks/stripe", app.base))
         .header("Stripe-Signature", header_for(secret, t, &body))
         .header("Content-Type", "application/json")
@@ -576,7 +576,7 @@ async fn webhook_bad_input(backend: Backend) {
         json!({"id": "po_x", "amount": 100, "currency": "usd"}),
     );
     let body = serde_json::to_vec(&payout).unwrap();
-    let http = reqwest::Client::new();
+    let http = https_client();
     let url = format!("{}/v1/webhooks/stripe", app.base);
     let good = header_for(SECRET, t, &body);
     let cases: Vec<(Option<String>, &str)> = vec![
