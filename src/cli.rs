@@ -74,6 +74,8 @@ pub enum Command {
     BenchExport(crate::export::bench::BenchExportArgs),
     /// Benchmark the audit trail's batch writer and sealer (records per second).
     BenchAudit(crate::audit::BenchAuditArgs),
+    /// Benchmark outbound webhook delivery to a local receiver (deliveries per second).
+    BenchWebhooks(crate::webhooks::bench::BenchWebhooksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,5 +263,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args).await,
         Command::BenchExport(args) => crate::export::bench::run(args).await,
         Command::BenchAudit(args) => crate::audit::bench(args).await,
+        Command::BenchWebhooks(args) => crate::webhooks::bench::run(args).await,
     }
 }

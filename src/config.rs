@@ -24,6 +24,7 @@
 //! | — | `CAREBILL_KEYRING` | the keyring's text itself, instead of a file (never in a TOML file) |
 //! | `audit_retention_days` | `CAREBILL_AUDIT_RETENTION_DAYS` | 2192 (6 years) |
 //! | `audit_purge_interval_seconds` | `CAREBILL_AUDIT_PURGE_INTERVAL_SECONDS` | 86400 (0: off) |
+//! | `[webhooks]` | `CAREBILL_WEBHOOK_*` | outbound webhooks: see `webhooks::config` |
 //!
 //! `dual_control_threshold` is an amount in *major* units of the refund's or write-off's own
 //! currency (a decimal string such as `"500.00"`, or an integer). A refund or write-off above it
@@ -99,6 +100,8 @@ pub struct Config {
     pub audit_retention_days: u32,
     /// How often the server runs the retention purge; 0: never (run `carebill audit purge`).
     pub audit_purge_interval_seconds: u64,
+    /// Outbound webhooks: delivery worker, retries, SSRF guards (`webhooks::config`).
+    pub webhooks: crate::webhooks::config::WebhookSettings,
 }
 
 /// Deserializes a decimal setting from a string (`"500.00"`) or an integer (`500`); a TOML
@@ -152,6 +155,7 @@ impl Default for Config {
             keyring_inline: None,
             audit_retention_days: 2192,
             audit_purge_interval_seconds: 86_400,
+            webhooks: Default::default(),
         }
     }
 }
@@ -199,6 +203,7 @@ impl std::fmt::Debug for Config {
                 "audit_purge_interval_seconds",
                 &self.audit_purge_interval_seconds,
             )
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -323,6 +328,7 @@ impl Config {
             self.dual_control_threshold = parse_decimal_setting(&v)
                 .map_err(|e| anyhow::anyhow!("CAREBILL_DUAL_CONTROL_THRESHOLD: {e}"))?;
         }
+        self.webhooks.apply_env(&get)?;
         Ok(())
     }
 
@@ -354,6 +360,7 @@ impl Config {
             "audit_retention_days must be between 1 and 36500"
         );
         crate::db::Backend::from_url(&self.database_url)?;
+        self.webhooks.validate()?;
         self.validate_vault()
     }
 

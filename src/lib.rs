@@ -26,6 +26,7 @@
 //! | [`server`] | the router, middleware and OpenAPI document |
 //! | [`cli`] | `carebill serve / migrate / up / apikey / ledger verify / bench` |
 //! | [`demo`] | `carebill up`: billing, a vault child process and a seeded demo |
+//! | [`webhooks`] | outbound webhooks: endpoints, the outbox, signed delivery with retries |
 
 pub mod api;
 pub mod audit;
@@ -54,6 +55,7 @@ pub mod refunds;
 pub mod server;
 pub mod telemetry;
 pub mod vault;
+pub mod webhooks;
 
 use std::sync::Arc;
 

@@ -48,6 +48,7 @@ use crate::ledger::accounts::{account_id, ensure_patient_accounts, patient_accou
 use crate::ledger::posting::{self, EntryKind, NewEntry, References};
 use crate::money::{Currency, Money, PositiveAmount};
 use crate::processor::{CardSummary, ChargeOutcome, ChargeRequest, ProcessorError};
+use crate::webhooks::outbox::{self, EventType};
 use crate::AppState;
 
 const PAYMENT_METHOD_CHARS_MAX: usize = 100;
@@ -539,6 +540,7 @@ async fn apply_outcome(
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
+            outbox::payment(tx, EventType::PaymentFailed, id).await?;
             let err = failed_payment_error(
                 tx,
                 id,
@@ -560,6 +562,7 @@ async fn apply_outcome(
             let entry = capture(tx, backend, &payment, &charge_id, &card).await?;
             let response = respond(tx, claim, id).await?;
             posting::post(tx, backend, entry).await?;
+            outbox::payment(tx, EventType::PaymentSucceeded, id).await?;
             Ok(response)
         }
         Some(Ok(ChargeOutcome::Processing { charge_id, card })) => {
@@ -593,6 +596,7 @@ async fn apply_outcome(
             .bind(id.as_str())
             .execute(&mut **tx)
             .await?;
+            outbox::payment(tx, EventType::PaymentFailed, id).await?;
             let code = decline_code_static(&decline_code);
             tracing::info!(payment = %id, code, "card declined");
             let err = failed_payment_error(

@@ -38,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::export::router())
         .merge(crate::identity::router())
         .merge(crate::audit::router())
+        .merge(crate::webhooks::router())
         .route("/v1/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -222,6 +223,7 @@ pub struct Running {
 pub fn spawn(state: AppState, listener: TcpListener) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     crate::idempotency::spawn_sweeper(state.clone(), SWEEP_INTERVAL);
+    crate::webhooks::worker::spawn(state.clone())?;
     let router = app(state.clone());
     let handle = tokio::spawn(async move {
         // The peer address reaches handlers (sign-in throttling, security events).
