@@ -13,6 +13,13 @@
 //!   wait, and re-enabling it sends them.
 //! - **Never in the request path.** Events are written by the request's own transaction; this
 //!   task reads them afterwards. A receiver that is slow or down costs the request nothing.
+//! - **What "earlier" means.** Deliveries are numbered when their transaction inserts them.
+//!   On SQLite writers are serialized, so that is commit order. On PostgreSQL two transactions
+//!   running at the same moment may commit in the other order, and the worker can see the later
+//!   number first and send it before the earlier one commits. Events of one object never race
+//!   like that (its row lock orders them); events of *different* objects may arrive out of
+//!   order within that window, so receivers should not infer cross-object order (each event
+//!   carries its timestamp; `ledger.entry_posted` carries `ledger_seq`, which is commit order).
 //! - What is recorded of an attempt: the HTTP status and a short error code; never the body
 //!   sent or received, never the secret.
 
