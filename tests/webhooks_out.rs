@@ -912,3 +912,148 @@ both_backends!(
         app
     }
 );
+
+// ---- outbound TLS ----
+
+/// The test CA, written once per test binary; its PEM file is what `webhooks.ca` names.
+fn test_ca() -> &'static (devcerts::Ca, PathBuf) {
+    static CA: std::sync::OnceLock<(devcerts::Ca, PathBuf)> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let ca = devcerts::Ca::new("carebill webhook test CA").unwrap();
+        let dir = temp_dir("carebill-webhook-ca-").keep();
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, ca.cert_pem()).unwrap();
+        (ca, path)
+    })
+}
+
+/// A minimal HTTPS receiver (tokio-rustls, a certificate from the test CA for 127.0.0.1) that
+/// answers 200 to each request and counts the requests that got past the handshake.
+async fn tls_receiver() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let issued = test_ca().0.server_cert(&["127.0.0.1"]).unwrap();
+    let certs = rustls_pemfile::certs(&mut issued.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
+        .unwrap()
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, counter) = (acceptor.clone(), counter.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                // Read the head and the body (Content-Length), then answer and close.
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = tls.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= head_end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = tls
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+async fn tls_app(backend: Backend, trust_test_ca: bool) -> TestApp {
+    TestApp::spawn_with(backend, move |c: &mut Config| {
+        c.webhooks.poll_interval_ms = 20;
+        c.webhooks.allow_private = true; // the receiver is on loopback; https stays required
+        c.webhooks.retry_schedule_ms = vec![60_000];
+        if trust_test_ca {
+            c.webhooks.ca = Some(test_ca().1.clone());
+        }
+    })
+    .await
+}
+
+// Goal: deliveries go over verified TLS: to a receiver whose certificate the configured CA
+// issued they arrive; without that CA (the public roots only) the handshake fails and nothing
+// is sent. There is no way to accept an invalid certificate.
+both_backends!(
+    outbound_tls_is_verified,
+    spawn = |b| tls_app(b, true),
+    |app: TestApp| async move {
+        let (addr, count) = tls_receiver().await;
+        let url = format!("https://{addr}/hook");
+        let trusted = register(&app, &url, &["invoice.finalized"]).await;
+        let untrusting = tls_app(app.backend, false).await;
+        let refused = register(&untrusting, &url, &["invoice.finalized"]).await;
+        app.open_invoice("usd", 1000).await;
+        untrusting.open_invoice("usd", 1000).await;
+        let (trusted_id, refused_id) = (id_of(&trusted).unwrap(), id_of(&refused).unwrap());
+        eventually("delivered over TLS", || async {
+            delivery_states(&app, &trusted_id)
+                .await
+                .first()
+                .is_some_and(|(_, s, _, _)| s == "succeeded")
+        })
+        .await;
+        eventually("attempted without the CA", || async {
+            delivery_states(&untrusting, &refused_id)
+                .await
+                .first()
+                .is_some_and(|(_, _, a, _)| *a >= 1)
+        })
+        .await;
+        let (_, status, _, error) = delivery_states(&untrusting, &refused_id).await.remove(0);
+        assert_eq!(status, "pending");
+        assert!(
+            matches!(
+                error.as_deref(),
+                Some("connect_failed") | Some("request_failed")
+            ),
+            "{error:?}"
+        );
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "only the verified delivery got through"
+        );
+        untrusting.finish().await;
+        app
+    }
+);

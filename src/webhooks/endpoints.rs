@@ -318,8 +318,8 @@ async fn update_endpoint(
             );
             Box::pin(async move {
                 let id = &id;
-                let backend_lock = fetch(tx, id).await?;
-                let status: String = backend_lock.try_get("status")?;
+                let current = fetch(tx, id).await?;
+                let status: String = current.try_get("status")?;
                 let now = now_us();
                 sqlx::query(
                     "UPDATE webhook_endpoints SET url = COALESCE($1, url), \
