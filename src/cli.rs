@@ -86,6 +86,8 @@ pub enum Command {
     /// Benchmark `Stripe-Signature` verification (verifications per second) against raw
     /// HMAC-SHA256 computations in the same run.
     BenchWebhooksVerify(crate::stripe::signature::BenchArgs),
+    /// Benchmark outbound webhook delivery to a local receiver (deliveries per second).
+    BenchWebhooks(crate::webhooks::bench::BenchWebhooksArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,5 +293,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::BenchWebhooksVerify(args) => crate::stripe::signature::bench(args),
+        Command::BenchWebhooks(args) => crate::webhooks::bench::run(args).await,
     }
 }

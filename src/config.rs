@@ -29,6 +29,7 @@
 //! | `tls_reload_interval_ms` | `CAREBILL_TLS_RELOAD_INTERVAL_MS` | 10000 (and at once on SIGHUP) |
 //! | `http_redirect_addr` | `CAREBILL_HTTP_REDIRECT_ADDR` | none: no plain-HTTP port |
 //! | `[stripe]` | `STRIPE_API_KEY`, `STRIPE_API_BASE`, `STRIPE_WEBHOOK_SECRETS`, … | the simulator; see `crate::stripe` |
+//! | `[webhooks]` | `CAREBILL_WEBHOOK_*` | outbound webhooks: see `webhooks::config` |
 //!
 //! `dual_control_threshold` is an amount in *major* units of the refund's or write-off's own
 //! currency (a decimal string such as `"500.00"`, or an integer). A refund or write-off above it
@@ -123,6 +124,8 @@ pub struct Config {
     /// The Stripe processor, webhooks and reconciler (`STRIPE_*`; see `crate::stripe`). In a
     /// TOML file: a `[stripe]` table without the key and secrets, which come from the environment.
     pub stripe: crate::stripe::StripeSettings,
+    /// Outbound webhooks: delivery worker, retries, SSRF guards (`webhooks::config`).
+    pub webhooks: crate::webhooks::config::WebhookSettings,
 }
 
 /// Deserializes a decimal setting from a string (`"500.00"`) or an integer (`500`); a TOML
@@ -181,6 +184,7 @@ impl Default for Config {
             tls_reload_interval_ms: 10_000,
             http_redirect_addr: None,
             stripe: crate::stripe::StripeSettings::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -233,6 +237,7 @@ impl std::fmt::Debug for Config {
             .field("tls_reload_interval_ms", &self.tls_reload_interval_ms)
             .field("http_redirect_addr", &self.http_redirect_addr)
             .field("stripe", &self.stripe)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -357,6 +362,7 @@ impl Config {
             self.dual_control_threshold = parse_decimal_setting(&v)
                 .map_err(|e| anyhow::anyhow!("CAREBILL_DUAL_CONTROL_THRESHOLD: {e}"))?;
         }
+        self.webhooks.apply_env(&get)?;
         self.stripe.apply_env(&get)?;
         self.apply_tls_env(nonempty)
     }
@@ -434,6 +440,7 @@ impl Config {
         );
         crate::db::Backend::from_url(&self.database_url)?;
         self.stripe.validate(self.request_timeout_ms)?;
+        self.webhooks.validate()?;
         self.validate_vault()
     }
 

@@ -129,6 +129,12 @@ prefixed_id!(/// A sign-in session (its public id, not the token).
     SessionId, "ses_");
 prefixed_id!(/// A facility of the provider.
     FacilityId, "fac_");
+prefixed_id!(/// A registered outbound webhook endpoint.
+    WebhookEndpointId, "we_");
+prefixed_id!(/// An outbound webhook event (the outbox row; its `webhook-id`).
+    WebhookEventId, "evt_");
+prefixed_id!(/// One delivery of an event to one endpoint.
+    WebhookDeliveryId, "whd_");
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -43,6 +43,7 @@ use crate::ids::{AdjustmentId, EntryId, InvoiceId, InvoiceLineId, PatientId};
 use crate::ledger::accounts::{account_id, ensure_patient_accounts, patient_account_id, Code};
 use crate::ledger::posting::{self, EntryKind, NewEntry, References};
 use crate::money::{Currency, Money, PositiveAmount, AMOUNT_MINOR_MAX};
+use crate::webhooks::outbox::{self, EventType};
 use crate::AppState;
 use std::collections::HashMap;
 
@@ -197,6 +198,7 @@ impl InvoiceRow {
             return Err(anyhow::anyhow!("invoice invariant violated on {}", self.id).into());
         }
         let net_paid = self.paid.checked_sub(self.refunded)?;
+        let was_paid = self.status == "paid";
         self.status = if self.due.is_zero() {
             "paid"
         } else if net_paid.amount_minor() > 0 {
@@ -217,6 +219,9 @@ impl InvoiceRow {
         .bind(self.id.as_str())
         .execute(&mut **tx)
         .await?;
+        if self.status == "paid" && !was_paid {
+            outbox::invoice(tx, EventType::InvoicePaid, &self.id).await?;
+        }
         Ok(())
     }
 }
@@ -799,6 +804,7 @@ pub async fn finalize_invoice(
                     .await?;
                     let response = respond(&keys, tx, &claim, &id).await?;
                     posting::post(tx, backend, entry).await?; // last: revenue is a hot account
+                    outbox::invoice(tx, EventType::InvoiceFinalized, &id).await?;
                     Ok(response)
                 })
             })
@@ -870,6 +876,7 @@ pub async fn void_invoice(
                     .bind(id.as_str())
                     .execute(&mut **tx)
                     .await?;
+                    outbox::invoice(tx, EventType::InvoiceVoided, &id).await?;
                     respond(&keys, tx, &claim, &id).await
                 })
             })

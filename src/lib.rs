@@ -27,6 +27,7 @@
 //! | [`server`] | the router, middleware, HTTPS listeners (`tlskit`) and OpenAPI document |
 //! | [`cli`] | `carebill serve / migrate / up / apikey / ledger verify / bench` |
 //! | [`demo`] | `carebill up`: billing, a vault child process and a seeded demo |
+//! | [`webhooks`] | outbound webhooks: endpoints, the outbox, signed delivery with retries |
 
 pub mod api;
 pub mod audit;
@@ -56,6 +57,7 @@ pub mod server;
 pub mod stripe;
 pub mod telemetry;
 pub mod vault;
+pub mod webhooks;
 
 use std::sync::Arc;
 

@@ -48,6 +48,7 @@ use crate::ledger::accounts::{account_id, ensure_patient_accounts, patient_accou
 use crate::ledger::posting::{self, EntryKind, NewEntry, References};
 use crate::money::{Currency, Money, PositiveAmount};
 use crate::processor::{CardSummary, ChargeOutcome, ChargeRequest, ProcessorError};
+use crate::webhooks::outbox::{self, EventType};
 use crate::AppState;
 
 const PAYMENT_METHOD_CHARS_MAX: usize = 100;
@@ -560,6 +561,7 @@ async fn apply_outcome(
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
+            outbox::payment(tx, EventType::PaymentFailed, id).await?;
             let err = failed_payment_error(
                 tx,
                 id,
@@ -638,9 +640,13 @@ pub(crate) async fn apply_charge(
     let now = now_us();
     let id = &payment.id;
     match outcome {
-        ChargeOutcome::Succeeded { charge_id, card } => Ok(Applied::Captured(
-            capture(tx, backend, payment, charge_id, card).await?,
-        )),
+        ChargeOutcome::Succeeded { charge_id, card } => {
+            let entry = capture(tx, backend, payment, charge_id, card).await?;
+            // The event for accounting systems, in the capture's own transaction (whether the
+            // API, a Stripe webhook or the reconciler applied it).
+            outbox::payment(tx, EventType::PaymentSucceeded, id).await?;
+            Ok(Applied::Captured(entry))
+        }
         ChargeOutcome::Processing { charge_id, card }
         | ChargeOutcome::RequiresAction {
             charge_id, card, ..
@@ -686,6 +692,7 @@ pub(crate) async fn apply_charge(
             .bind(id.as_str())
             .execute(&mut **tx)
             .await?;
+            outbox::payment(tx, EventType::PaymentFailed, id).await?;
             Ok(Applied::Declined {
                 code: decline_code_static(decline_code),
                 message: message.clone(),

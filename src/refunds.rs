@@ -65,6 +65,7 @@ use crate::ledger::posting::{self, EntryKind, NewEntry, References};
 use crate::money::{Currency, Money};
 use crate::payments::{self, assert_money};
 use crate::processor::{ProcessorError, RefundOutcome, RefundRequest};
+use crate::webhooks::outbox::{self, EventType};
 use crate::AppState;
 
 const NOTE_CHARS_MAX: usize = 500;
@@ -811,12 +812,14 @@ async fn apply_outcome(
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
+            outbox::refund(tx, EventType::RefundFailed, id).await?;
             respond(keys, tx, claim, id).await
         }
         Some(Ok(RefundOutcome::Succeeded { refund_id })) => {
             let entry = settle(tx, backend, &payment, id, amount, &refund_id).await?;
             let response = respond(keys, tx, claim, id).await?;
             posting::post(tx, backend, entry).await?;
+            outbox::refund(tx, EventType::RefundSucceeded, id).await?;
             Ok(response)
         }
     }

@@ -49,6 +49,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::identity::router())
         .merge(crate::audit::router())
         .merge(crate::stripe::webhooks::router())
+        .merge(crate::webhooks::router())
         .route("/v1/openapi.json", get(crate::openapi::serve))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -282,6 +283,7 @@ pub fn spawn(state: AppState, listener: TcpListener) -> anyhow::Result<Running> 
             std::time::Duration::from_secs(every),
         );
     }
+    crate::webhooks::worker::spawn(state.clone())?;
     let router = app(state.clone());
     let watched = certs.clone();
     let handle = tokio::spawn(async move {

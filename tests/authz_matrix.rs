@@ -192,6 +192,16 @@ const TABLE: &[Rule] = &[
     rule("GET",    "/v1/api_keys/{id}",                                    "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
     rule("DELETE", "/v1/api_keys/{id}",                                    "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
     rule("POST",   "/v1/api_keys/{id}/rotate",                             "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
+    // Outbound webhooks: the admin's (and keys with the `webhooks:manage` scope, not in this table).
+    rule("POST",   "/v1/webhook_endpoints",                                "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
+    rule("GET",    "/v1/webhook_endpoints",                                "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
+    rule("GET",    "/v1/webhook_endpoints/{id}",                           "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
+    rule("POST",   "/v1/webhook_endpoints/{id}",                           "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
+    rule("DELETE", "/v1/webhook_endpoints/{id}",                           "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
+    rule("POST",   "/v1/webhook_endpoints/{id}/rotate_secret",             "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
+    rule("GET",    "/v1/webhook_events",                                   "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
+    rule("GET",    "/v1/webhook_events/{id}",                              "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
+    rule("POST",   "/v1/webhook_events/{id}/replay",                       "",              [U,  D,   NA,   D,   D,    D,   D,   D,   A,    D]),
     // Patients.
     rule("POST",   "/v1/patients",                                         "",              [U,  D,   NA,   A,   A,    A,   D,   D,   D,    D]),
     rule("GET",    "/v1/patients",                                         "",              [U,  A,   NA,   A,   A,    A,   D,   D,   D,    D]),
@@ -732,6 +742,10 @@ struct Fixtures {
     key_to_revoke: String,
     /// A patient whose personal data the erasure route erases.
     patient_to_erase: String,
+    /// A webhook endpoint to read, change and rotate; another to delete; an event to replay.
+    webhook_endpoint: String,
+    webhook_endpoint_to_delete: String,
+    webhook_event: String,
 }
 
 impl Fixtures {
@@ -900,6 +914,20 @@ async fn make_fixtures(app: &TestApp) -> (Fixtures, String) {
         keys.push(key);
     }
     let ledger_secret = keys[0]["secret"].as_str().unwrap().to_owned();
+    // A public IP literal: registration needs no DNS (deliveries to it simply fail here).
+    let mut endpoints = Vec::new();
+    for _ in 0..2 {
+        let endpoint = admin
+            .create(
+                "/v1/webhook_endpoints",
+                &json!({"url": "https://93.184.216.34/matrix", "enabled_events": ["invoice.voided"]}),
+            )
+            .await
+            .unwrap();
+        endpoints.push(id_of(&endpoint).unwrap());
+    }
+    let events = admin.get("/v1/webhook_events?limit=1").await.unwrap();
+    let webhook_event = events.body["data"][0]["id"].as_str().unwrap().to_owned();
     let fixtures = Fixtures {
         own,
         other,
@@ -910,6 +938,9 @@ async fn make_fixtures(app: &TestApp) -> (Fixtures, String) {
         key_to_rotate: id_of(&keys[2]).unwrap(),
         key_to_revoke: id_of(&keys[3]).unwrap(),
         patient_to_erase: id_of(&to_erase).unwrap(),
+        webhook_endpoint: endpoints[0].clone(),
+        webhook_endpoint_to_delete: endpoints[1].clone(),
+        webhook_event,
     };
     (fixtures, ledger_secret)
 }
@@ -1057,6 +1088,39 @@ fn call_for(fx: &Fixtures, rule: &Rule, owner: Owner) -> Result<Option<Call>, St
         ("POST", "/v1/api_keys/{id}/rotate", "") => own_only(Call::post(
             format!("/v1/api_keys/{}/rotate", fx.key_to_rotate),
             json!({}),
+        )),
+        ("POST", "/v1/webhook_endpoints", "") => own_only(Call::post(
+            "/v1/webhook_endpoints",
+            json!({"url": "https://93.184.216.34/matrix", "enabled_events": ["*"]}),
+        )),
+        ("GET", "/v1/webhook_endpoints", "") => own_only(Call::get("/v1/webhook_endpoints")),
+        ("GET", "/v1/webhook_endpoints/{id}", "") => own_only(Call::get(format!(
+            "/v1/webhook_endpoints/{}",
+            fx.webhook_endpoint
+        ))),
+        ("POST", "/v1/webhook_endpoints/{id}", "") => own_only(Call::post(
+            format!("/v1/webhook_endpoints/{}", fx.webhook_endpoint),
+            json!({"description": "matrix"}),
+        )),
+        ("DELETE", "/v1/webhook_endpoints/{id}", "") => own_only(Call::delete(format!(
+            "/v1/webhook_endpoints/{}",
+            fx.webhook_endpoint_to_delete
+        ))),
+        ("POST", "/v1/webhook_endpoints/{id}/rotate_secret", "") => own_only(Call::post(
+            format!(
+                "/v1/webhook_endpoints/{}/rotate_secret",
+                fx.webhook_endpoint
+            ),
+            json!({}),
+        )),
+        ("GET", "/v1/webhook_events", "") => own_only(Call::get("/v1/webhook_events?limit=1")),
+        ("GET", "/v1/webhook_events/{id}", "") => own_only(Call::get(format!(
+            "/v1/webhook_events/{}",
+            fx.webhook_event
+        ))),
+        ("POST", "/v1/webhook_events/{id}/replay", "") => own_only(Call::post(
+            format!("/v1/webhook_events/{}/replay", fx.webhook_event),
+            json!({"endpoint": fx.webhook_endpoint}),
         )),
         ("POST", "/v1/patients", "") => own_only(Call::post_once(
             "/v1/patients",

@@ -290,6 +290,7 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
     .bind(ledger_seq)
     .execute(&mut **tx)
     .await?;
+    crate::webhooks::outbox::ledger_entry(tx, &entry_id).await?; // outbox: same transaction
     Ok(entry_id)
 }
 

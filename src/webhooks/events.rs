@@ -1,0 +1,237 @@
+//! `/v1/webhook_events`: the outbox as the API shows it (each event with its deliveries) and
+//! manual replay: `POST /v1/webhook_events/{id}/replay` queues a new delivery of the event, to
+//! one endpoint (`{"endpoint": "we_…"}`) or to every endpoint it was sent to, with the same
+//! `webhook-id` so a receiver that already has it can recognise it.
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use super::outbox::insert_delivery;
+use crate::api::{cursor_seq, ApiPath, ApiQuery, List};
+use crate::auth::{Action, Principal};
+use crate::db::{now_us, us_to_rfc3339, Tx};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{WebhookEndpointId, WebhookEventId};
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/webhook_events", get(list_events))
+        .route("/v1/webhook_events/{id}", get(get_event))
+        .route("/v1/webhook_events/{id}/replay", post(replay_event))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    pub limit: Option<String>,
+    pub starting_after: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replay {
+    pub endpoint: Option<String>,
+}
+
+async fn deliveries<'c, E>(executor: E, event: &str) -> ApiResult<Vec<Value>>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT id, endpoint_id, status, attempts, next_attempt_at_us, last_status, last_error, \
+         last_attempt_at_us, replay_of FROM webhook_deliveries WHERE event_id = $1 ORDER BY seq LIMIT 1000",
+    )
+    .bind(event)
+    .fetch_all(executor)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let status: String = r.try_get("status")?;
+            Ok(json!({
+                "id": r.try_get::<String, _>("id")?,
+                "object": "webhook_delivery",
+                "endpoint": r.try_get::<String, _>("endpoint_id")?,
+                "next_attempt_at": (status == "pending")
+                    .then(|| r.try_get::<i64, _>("next_attempt_at_us").map(us_to_rfc3339))
+                    .transpose()?,
+                "status": status,
+                "attempts": r.try_get::<i64, _>("attempts")?,
+                "last_status": r.try_get::<Option<i64>, _>("last_status")?,
+                "last_error": r.try_get::<Option<String>, _>("last_error")?,
+                "last_attempt_at": r.try_get::<Option<i64>, _>("last_attempt_at_us")?.map(us_to_rfc3339),
+                "replay_of": r.try_get::<Option<String>, _>("replay_of")?,
+            }))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(ApiError::from)
+}
+
+fn event_json(r: &sqlx::any::AnyRow, deliveries: Vec<Value>) -> ApiResult<Value> {
+    let payload: String = r.try_get("payload")?;
+    let payload: Value =
+        serde_json::from_str(&payload).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(json!({
+        "id": r.try_get::<String, _>("id")?,
+        "object": "webhook_event",
+        "type": r.try_get::<String, _>("type")?,
+        "created": us_to_rfc3339(r.try_get("created_at_us")?),
+        "data": payload.get("data").cloned().unwrap_or(Value::Null),
+        "deliveries": deliveries,
+    }))
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> ApiResult<Json<List<Value>>> {
+    principal.authorize(Action::WebhooksManage)?;
+    let limit = crate::api::parse_limit(q.limit.as_deref())?;
+    let kind = match q.kind.as_deref() {
+        None => String::new(),
+        Some(k) if super::outbox::EventType::parse(k).is_some() => k.to_owned(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "type",
+                "parameter_invalid",
+                "Must be an event type such as payment.succeeded.",
+            ))
+        }
+    };
+    let after = cursor_seq(
+        &state,
+        "webhook_events",
+        "webhook event",
+        q.starting_after.as_deref(),
+        0,
+    )
+    .await?;
+    let rows = sqlx::query(
+        "SELECT id, type, payload, created_at_us FROM webhook_events \
+         WHERE seq > $1 AND ($2 = '' OR type = $2) ORDER BY seq LIMIT $3",
+    )
+    .bind(after)
+    .bind(&kind)
+    .bind(limit.saturating_add(1))
+    .fetch_all(&state.db.pool)
+    .await?;
+    let mut data = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: String = r.try_get("id")?;
+        data.push(event_json(r, deliveries(&state.db.pool, &id).await?)?);
+    }
+    Ok(Json(List::from_rows(data, limit, "/v1/webhook_events")))
+}
+
+async fn get_event(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Value>> {
+    principal.authorize(Action::WebhooksManage)?;
+    let id = WebhookEventId::parse_param(&id, "id")?;
+    let row =
+        sqlx::query("SELECT id, type, payload, created_at_us FROM webhook_events WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&state.db.pool)
+            .await?
+            .ok_or_else(|| ApiError::not_found("id", "webhook event"))?;
+    Ok(Json(event_json(
+        &row,
+        deliveries(&state.db.pool, id.as_str()).await?,
+    )?))
+}
+
+async fn replay_event(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    principal.authorize(Action::WebhooksManage)?;
+    let id = WebhookEventId::parse_param(&id, "id")?;
+    let req: Replay = if body.iter().all(u8::is_ascii_whitespace) {
+        Replay::default()
+    } else {
+        crate::api::parse_json(&body)?
+    };
+    let endpoint = WebhookEndpointId::parse_opt_param(req.endpoint.as_deref(), "endpoint")?;
+    let out = state
+        .db
+        .write(|tx| {
+            let (id, endpoint) = (id.clone(), endpoint.clone());
+            Box::pin(async move { replay(tx, &id, endpoint.as_ref()).await })
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+async fn replay(
+    tx: &mut Tx,
+    id: &WebhookEventId,
+    endpoint: Option<&WebhookEndpointId>,
+) -> ApiResult<Value> {
+    let row =
+        sqlx::query("SELECT id, type, payload, created_at_us FROM webhook_events WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| ApiError::not_found("id", "webhook event"))?;
+    // Each target with the delivery it replays (the latest to it), if any.
+    let targets: Vec<(String, Option<String>)> = match endpoint {
+        Some(e) => {
+            let live: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM webhook_endpoints WHERE id = $1 AND status <> 'deleted'",
+            )
+            .bind(e.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+            if live.is_none() {
+                return Err(ApiError::not_found("endpoint", "webhook endpoint"));
+            }
+            let last: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM webhook_deliveries WHERE event_id = $1 AND endpoint_id = $2 \
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(id.as_str())
+            .bind(e.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+            vec![(e.as_str().to_owned(), last)]
+        }
+        None => {
+            let rows = sqlx::query(
+                "SELECT d.endpoint_id, MAX(d.id) AS last FROM webhook_deliveries d \
+                 JOIN webhook_endpoints e ON e.id = d.endpoint_id \
+                 WHERE d.event_id = $1 AND e.status <> 'deleted' GROUP BY d.endpoint_id \
+                 ORDER BY d.endpoint_id LIMIT 100",
+            )
+            .bind(id.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get("endpoint_id")?, r.try_get("last")?)))
+                .collect::<Result<_, sqlx::Error>>()?
+        }
+    };
+    if targets.is_empty() {
+        return Err(ApiError::invalid(
+            "endpoint",
+            "parameter_missing",
+            "The event was sent to no endpoint that still exists: name one in `endpoint`.",
+        ));
+    }
+    let now = now_us();
+    for (endpoint, last) in &targets {
+        insert_delivery(tx, id, endpoint, last.as_deref(), now).await?;
+    }
+    tracing::info!(event = %id, endpoints = targets.len(), "webhook event replayed");
+    event_json(&row, deliveries(&mut **tx, id.as_str()).await?)
+}

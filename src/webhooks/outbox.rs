@@ -1,0 +1,249 @@
+//! The outbox: an event is written in the transaction of the change that causes it, with one
+//! pending delivery per endpoint subscribed at that moment. The transaction commits both or
+//! neither, so there is no event without its change and no change without its event; the
+//! delivery worker sends them afterwards, and the request never waits for a receiver.
+//!
+//! Each call site is one line (`outbox::payment(tx, kind, &id)` …): the payload is read back
+//! here, inside the same transaction, from the rows the change just wrote.
+//!
+//! **Payloads carry ids, amounts, currencies, statuses and dates, never health data**: no
+//! patient name, date of birth, contact detail, MRN, procedure code, line description, refund
+//! note or free-text memo. Patients appear by their random id (`pat_…`), which carries no
+//! information. `tests/webhooks_out.rs` checks a whole flow's payloads for the health data it
+//! entered.
+
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::db::{now_us, us_to_rfc3339, Tx};
+use crate::error::ApiResult;
+use crate::ids::{EntryId, InvoiceId, PaymentId, RefundId, WebhookDeliveryId, WebhookEventId};
+
+/// The event types. `*` subscribes an endpoint to all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    PaymentSucceeded,
+    PaymentFailed,
+    RefundSucceeded,
+    RefundFailed,
+    InvoiceFinalized,
+    InvoicePaid,
+    InvoiceVoided,
+    LedgerEntryPosted,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 8] = [
+        EventType::PaymentSucceeded,
+        EventType::PaymentFailed,
+        EventType::RefundSucceeded,
+        EventType::RefundFailed,
+        EventType::InvoiceFinalized,
+        EventType::InvoicePaid,
+        EventType::InvoiceVoided,
+        EventType::LedgerEntryPosted,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventType::PaymentSucceeded => "payment.succeeded",
+            EventType::PaymentFailed => "payment.failed",
+            EventType::RefundSucceeded => "refund.succeeded",
+            EventType::RefundFailed => "refund.failed",
+            EventType::InvoiceFinalized => "invoice.finalized",
+            EventType::InvoicePaid => "invoice.paid",
+            EventType::InvoiceVoided => "invoice.voided",
+            EventType::LedgerEntryPosted => "ledger.entry_posted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// Writes the event `kind` with `data` and its deliveries, in `tx`. Returns the event id.
+pub async fn emit(tx: &mut Tx, kind: EventType, data: Value) -> ApiResult<WebhookEventId> {
+    let id = WebhookEventId::generate();
+    let now = now_us();
+    // The Standard Webhooks payload shape: type, timestamp, data.
+    let payload = json!({
+        "type": kind.as_str(),
+        "timestamp": us_to_rfc3339(now),
+        "data": data,
+    })
+    .to_string();
+    sqlx::query(
+        "INSERT INTO webhook_events (id, type, payload, created_at_us) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id.as_str())
+    .bind(kind.as_str())
+    .bind(&payload)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    // One pending delivery per enabled endpoint subscribed to this type (or to `*`). The
+    // delivery id is random like every id; made in SQL so this stays one statement.
+    let endpoints: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT e.id FROM webhook_endpoints e JOIN webhook_endpoint_events s \
+         ON s.endpoint_id = e.id WHERE e.status = 'enabled' AND s.event_type IN ($1, '*') \
+         ORDER BY e.id",
+    )
+    .bind(kind.as_str())
+    .fetch_all(&mut **tx)
+    .await?;
+    for endpoint in endpoints {
+        insert_delivery(tx, &id, &endpoint, None, now).await?;
+    }
+    Ok(id)
+}
+
+/// A pending delivery of `event` to `endpoint`, due now.
+pub(crate) async fn insert_delivery(
+    tx: &mut Tx,
+    event: &WebhookEventId,
+    endpoint: &str,
+    replay_of: Option<&str>,
+    now: i64,
+) -> ApiResult<WebhookDeliveryId> {
+    let id = WebhookDeliveryId::generate();
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, attempts, \
+         next_attempt_at_us, replay_of, created_at_us, updated_at_us) \
+         VALUES ($1, $2, $3, 'pending', 0, $4, $5, $4, $4)",
+    )
+    .bind(id.as_str())
+    .bind(event.as_str())
+    .bind(endpoint)
+    .bind(now)
+    .bind(replay_of)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+/// `payment.succeeded` / `payment.failed` for the payment as `tx` now sees it.
+pub async fn payment(tx: &mut Tx, kind: EventType, id: &PaymentId) -> ApiResult<()> {
+    let r = sqlx::query(
+        "SELECT id, patient_id, invoice_id, currency, amount_minor, status, amount_applied_minor, \
+         amount_credited_minor, failure_code, card_brand, card_last4, journal_entry_id, \
+         created_at_us FROM payments WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    let data = json!({
+        "object": "payment",
+        "id": r.try_get::<String, _>("id")?,
+        "patient": r.try_get::<String, _>("patient_id")?,
+        "invoice": r.try_get::<Option<String>, _>("invoice_id")?,
+        "amount": r.try_get::<i64, _>("amount_minor")?,
+        "currency": r.try_get::<String, _>("currency")?,
+        "status": r.try_get::<String, _>("status")?,
+        "amount_applied": r.try_get::<i64, _>("amount_applied_minor")?,
+        "amount_credited": r.try_get::<i64, _>("amount_credited_minor")?,
+        "failure_code": r.try_get::<Option<String>, _>("failure_code")?,
+        "card": {"brand": r.try_get::<Option<String>, _>("card_brand")?,
+                 "last4": r.try_get::<Option<String>, _>("card_last4")?},
+        "journal_entry": r.try_get::<Option<String>, _>("journal_entry_id")?,
+        "created": us_to_rfc3339(r.try_get("created_at_us")?),
+    });
+    emit(tx, kind, data).await.map(|_| ())
+}
+
+/// `refund.succeeded` / `refund.failed` for the refund as `tx` now sees it (never its note).
+pub async fn refund(tx: &mut Tx, kind: EventType, id: &RefundId) -> ApiResult<()> {
+    let r = sqlx::query(
+        "SELECT id, payment_id, currency, amount_minor, status, reason, failure_code, \
+         applied_minor, credited_minor, journal_entry_id, created_at_us FROM refunds WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    let data = json!({
+        "object": "refund",
+        "id": r.try_get::<String, _>("id")?,
+        "payment": r.try_get::<String, _>("payment_id")?,
+        "amount": r.try_get::<i64, _>("amount_minor")?,
+        "currency": r.try_get::<String, _>("currency")?,
+        "status": r.try_get::<String, _>("status")?,
+        "reason": r.try_get::<String, _>("reason")?,
+        "failure_code": r.try_get::<Option<String>, _>("failure_code")?,
+        "amount_applied": r.try_get::<i64, _>("applied_minor")?,
+        "amount_credited": r.try_get::<i64, _>("credited_minor")?,
+        "journal_entry": r.try_get::<Option<String>, _>("journal_entry_id")?,
+        "created": us_to_rfc3339(r.try_get("created_at_us")?),
+    });
+    emit(tx, kind, data).await.map(|_| ())
+}
+
+/// `invoice.finalized` / `invoice.paid` / `invoice.voided`: amounts and status, no lines.
+pub async fn invoice(tx: &mut Tx, kind: EventType, id: &InvoiceId) -> ApiResult<()> {
+    let r = sqlx::query(
+        "SELECT id, patient_id, currency, status, due_date, total_minor, amount_adjusted_minor, \
+         amount_paid_minor, amount_refunded_minor, amount_due_minor, created_at_us \
+         FROM invoices WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    let data = json!({
+        "object": "invoice",
+        "id": r.try_get::<String, _>("id")?,
+        "patient": r.try_get::<String, _>("patient_id")?,
+        "currency": r.try_get::<String, _>("currency")?,
+        "status": r.try_get::<String, _>("status")?,
+        "due_date": r.try_get::<String, _>("due_date")?,
+        "total": r.try_get::<i64, _>("total_minor")?,
+        "amount_adjusted": r.try_get::<i64, _>("amount_adjusted_minor")?,
+        "amount_paid": r.try_get::<i64, _>("amount_paid_minor")?,
+        "amount_refunded": r.try_get::<i64, _>("amount_refunded_minor")?,
+        "amount_due": r.try_get::<i64, _>("amount_due_minor")?,
+        "created": us_to_rfc3339(r.try_get("created_at_us")?),
+    });
+    emit(tx, kind, data).await.map(|_| ())
+}
+
+/// `ledger.entry_posted`: the entry's postings and references, never its memo.
+pub async fn ledger_entry(tx: &mut Tx, id: &EntryId) -> ApiResult<()> {
+    let e = sqlx::query(
+        "SELECT id, kind, ledger_seq, posted_at_us, effective_date, reverses_entry_id, patient_id, \
+         invoice_id, payment_id, refund_id, adjustment_id FROM journal_entries WHERE id = $1",
+    )
+    .bind(id.as_str())
+    .fetch_one(&mut **tx)
+    .await?;
+    let postings = sqlx::query(
+        "SELECT account_id, amount_minor, currency FROM postings WHERE entry_id = $1 ORDER BY seq",
+    )
+    .bind(id.as_str())
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|p| {
+        Ok(json!({
+            "account": p.try_get::<String, _>("account_id")?,
+            "amount": p.try_get::<i64, _>("amount_minor")?,
+            "currency": p.try_get::<String, _>("currency")?,
+        }))
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let data = json!({
+        "object": "ledger_entry",
+        "id": e.try_get::<String, _>("id")?,
+        "kind": e.try_get::<String, _>("kind")?,
+        "ledger_seq": e.try_get::<i64, _>("ledger_seq")?,
+        "posted_at": us_to_rfc3339(e.try_get("posted_at_us")?),
+        "effective_date": e.try_get::<String, _>("effective_date")?,
+        "reverses": e.try_get::<Option<String>, _>("reverses_entry_id")?,
+        "patient": e.try_get::<Option<String>, _>("patient_id")?,
+        "invoice": e.try_get::<Option<String>, _>("invoice_id")?,
+        "payment": e.try_get::<Option<String>, _>("payment_id")?,
+        "refund": e.try_get::<Option<String>, _>("refund_id")?,
+        "adjustment": e.try_get::<Option<String>, _>("adjustment_id")?,
+        "postings": postings,
+    });
+    emit(tx, EventType::LedgerEntryPosted, data)
+        .await
+        .map(|_| ())
+}
