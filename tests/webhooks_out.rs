@@ -932,12 +932,12 @@ fn test_ca() -> &'static (devcerts::Ca, PathBuf) {
 async fn tls_receiver() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let issued = test_ca().0.server_cert(&["127.0.0.1"]).unwrap();
-    let certs = rustls_pemfile::certs(&mut issued.cert_pem.as_bytes())
+    // PEM through rustls-pki-types (rustls-pemfile is unmaintained: RUSTSEC-2025-0134).
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
-    let key = rustls_pemfile::private_key(&mut issued.key_pem.as_bytes())
-        .unwrap()
-        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
