@@ -1102,6 +1102,9 @@ pub(crate) async fn apply_processor_update(
         ("pending", RefundOutcome::Succeeded { refund_id }) => {
             let entry = settle(tx, backend, &payment, id, held.amount, refund_id).await?;
             posting::post(tx, backend, entry).await?;
+            // Accounting systems hear of a refund the processor settled later (webhook or
+            // reconciler) in the same transaction, as they do of one settled in the request.
+            outbox::refund(tx, EventType::RefundSucceeded, id).await?;
             Ok(RefundUpdate::Applied)
         }
         (
@@ -1129,6 +1132,7 @@ pub(crate) async fn apply_processor_update(
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
+            outbox::refund(tx, EventType::RefundFailed, id).await?;
             Ok(RefundUpdate::Applied)
         }
         ("succeeded", RefundOutcome::Failed { failure_code, .. }) => {
@@ -1165,6 +1169,7 @@ pub(crate) async fn apply_processor_update(
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
+            outbox::refund(tx, EventType::RefundFailed, id).await?;
             posting::reverse(
                 tx,
                 backend,

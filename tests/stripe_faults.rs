@@ -498,6 +498,14 @@ async fn refunds_disputes_payouts(backend: Backend) {
     .await;
     assert_eq!((s, b["outcome"].as_str()), (200, Some("applied")), "{b}");
     assert_eq!(entries_of_kind(&app, "reversal").await, 1);
+    // Accounting systems hear of both, from the webhooks' own transactions (the outbox).
+    let outbox: Vec<String> = sqlx::query_scalar(
+        "SELECT type FROM webhook_events WHERE type IN ('refund.succeeded', 'refund.failed') ORDER BY seq",
+    )
+    .fetch_all(&app.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(outbox, vec!["refund.succeeded", "refund.failed"]);
     let now = app
         .admin
         .get(&format!("/v1/payments/{}", p["id"].as_str().unwrap()))
