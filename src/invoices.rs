@@ -273,13 +273,13 @@ async fn load_lines(
     for r in &rows {
         let patient: String = r.try_get("patient_id")?;
         if !patient_keys.contains_key(&patient) {
-            let state = match r.try_get::<Option<i64>, _>("kek_version")? {
-                Some(version) => {
-                    keys.open_wrapped(&patient, version, r.try_get("wrapped_key")?)
-                        .await
-                }
-                None => KeyState::Unreadable,
-            };
+            let state = keys
+                .open_joined(
+                    &patient,
+                    r.try_get("kek_version")?,
+                    r.try_get("wrapped_key")?,
+                )
+                .await;
             patient_keys.insert(patient.clone(), state);
         }
         let line_id: String = r.try_get("id")?;

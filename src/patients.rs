@@ -310,17 +310,15 @@ fn open_fields(
 async fn patient_from_row(keys: &Keys, row: &AnyRow) -> ApiResult<Patient> {
     let id: String = row.try_get("id")?;
     let erased_at: Option<i64> = row.try_get("erased_at_us")?;
-    let version: Option<i64> = row.try_get("kek_version")?;
-    let state = match version {
-        _ if erased_at.is_some() => KeyState::Erased,
-        Some(version) => {
-            keys.open_wrapped(&id, version, row.try_get("wrapped_key")?)
-                .await
-        }
+    let state = match erased_at {
+        Some(_) => KeyState::Erased,
         None => {
-            keys.report_unreadable(&id, "data_keys", &CryptoError::Decrypt)
-                .await;
-            KeyState::Unreadable
+            keys.open_joined(
+                &id,
+                row.try_get("kek_version")?,
+                row.try_get("wrapped_key")?,
+            )
+            .await
         }
     };
     let (status, clear) = match &state {
@@ -395,26 +393,10 @@ pub(crate) async fn date_of_birth(
     else {
         return Ok(None);
     };
-    let erased: Option<i64> = row.try_get("erased_at_us")?;
-    let version: Option<i64> = row.try_get("kek_version")?;
-    let (None, Some(version)) = (erased, version) else {
-        return Ok(None);
-    };
-    let KeyState::Available(key) = keys
-        .open_wrapped(id, version, row.try_get("wrapped_key")?)
-        .await
-    else {
-        return Ok(None);
-    };
-    let sealed: String = row.try_get("date_of_birth_enc")?;
-    match key.open(field("patients.date_of_birth", id), &sealed) {
-        Ok(dob) => Ok(Some(dob)),
-        Err(e) => {
-            keys.report_unreadable(id, "patients.date_of_birth", &e)
-                .await;
-            Ok(None)
-        }
-    }
+    Ok(patient_from_row(keys, &row)
+        .await?
+        .date_of_birth
+        .map(Zeroizing::new))
 }
 
 /// The sealed columns and blind indexes of a new or updated patient.

@@ -72,12 +72,10 @@ impl<'k> Opener<'k> {
         let Some(key) = self.patients.get(patient).and_then(KeyState::key) else {
             return Ok(None);
         };
-        match key.open(Field::new(column, patient, row), &sealed) {
-            Ok(text) => Ok(Some(text.as_str().to_owned())),
-            Err(e) => {
-                self.keys.report_unreadable(patient, column, &e).await;
-                Ok(None)
-            }
-        }
+        Ok(self
+            .keys
+            .open_or_report(key, Field::new(column, patient, row), &sealed)
+            .await
+            .map(|text| text.as_str().to_owned()))
     }
 }

@@ -312,10 +312,41 @@ impl Keys {
     {
         match self.fetch_key(executor, owner).await? {
             Some(state) => Ok(state),
+            None => Ok(self.open_joined(owner, None, None).await),
+        }
+    }
+
+    /// The data key of `owner` from a row that LEFT JOINed `data_keys` (`version` None: no key
+    /// row, reported like a key that does not open).
+    pub async fn open_joined(
+        &self,
+        owner: &str,
+        version: Option<i64>,
+        wrapped: Option<Vec<u8>>,
+    ) -> KeyState {
+        match version {
+            Some(version) => self.open_wrapped(owner, version, wrapped).await,
             None => {
                 self.report_unreadable(owner, "data_keys", &CryptoError::Decrypt)
                     .await;
-                Ok(KeyState::Unreadable)
+                KeyState::Unreadable
+            }
+        }
+    }
+
+    /// Opens one sealed value with `key`; a failure is recorded as a security event (subject:
+    /// the field's owner; detail: its column) and answers None.
+    pub async fn open_or_report(
+        &self,
+        key: &DataKey,
+        field: super::Field<'_>,
+        sealed: &str,
+    ) -> Option<Zeroizing<String>> {
+        match key.open(field, sealed) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                self.report_unreadable(field.owner, field.column, &e).await;
+                None
             }
         }
     }

@@ -461,26 +461,20 @@ async fn patient_name(
         return Ok(name.clone());
     }
     let sealed: Option<String> = row.try_get(19)?;
-    let version: Option<i64> = row.try_get(22)?;
-    let name = match (sealed, version) {
-        (Some(sealed), Some(version)) => {
-            match keys.open_wrapped(&patient, version, row.try_get(23)?).await {
-                crate::crypto::KeyState::Available(key) => {
-                    match key.open(
-                        crate::crypto::Field::new("patients.name", &patient, &patient),
-                        &sealed,
-                    ) {
-                        Ok(name) => Some(name.as_str().to_owned()),
-                        Err(e) => {
-                            keys.report_unreadable(&patient, "patients.name", &e).await;
-                            None
-                        }
-                    }
-                }
-                _ => None,
+    let name = match sealed {
+        Some(sealed) => match keys
+            .open_joined(&patient, row.try_get(22)?, row.try_get(23)?)
+            .await
+        {
+            crate::crypto::KeyState::Available(key) => {
+                let field = crate::crypto::Field::new("patients.name", &patient, &patient);
+                keys.open_or_report(&key, field, &sealed)
+                    .await
+                    .map(|name| name.as_str().to_owned())
             }
-        }
-        _ => None,
+            _ => None,
+        },
+        None => None,
     };
     if names.len() >= NAME_CACHE_MAX {
         names.clear();
