@@ -792,6 +792,66 @@ both_backends!(
         "SELECT COUNT(*) FROM journal_entries j WHERE $1 = '' AND NOT EXISTS (SELECT 1 FROM webhook_events e \
          WHERE e.type = 'ledger.entry_posted' AND e.payload LIKE '%\"id\":\"' || j.id || '\"%')", "").await;
         assert_eq!(entries_without_event, 0);
+        // `ledger.entry_posted` is built from memory while the commit sequence is locked (no
+        // read-back): it must say exactly what the ledger holds.
+        let payloads: Vec<String> = sqlx::query_scalar(
+            "SELECT payload FROM webhook_events WHERE type = 'ledger.entry_posted' ORDER BY seq",
+        )
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+        for payload in &payloads {
+            let data = &serde_json::from_str::<Value>(payload).unwrap()["data"];
+            let id = data["id"].as_str().unwrap();
+            let (kind, seq, posted_at, date, patient, payment, refund): (
+                String,
+                i64,
+                i64,
+                String,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            ) = sqlx::query_as(
+                "SELECT kind, ledger_seq, posted_at_us, effective_date, patient_id, payment_id, \
+                 refund_id FROM journal_entries WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+            assert_eq!(data["kind"], kind.as_str(), "{payload}");
+            assert_eq!(data["ledger_seq"], seq, "{payload}");
+            assert_eq!(
+                data["posted_at"],
+                carebill::db::us_to_rfc3339(posted_at),
+                "{payload}"
+            );
+            assert_eq!(data["effective_date"], date.as_str(), "{payload}");
+            assert_eq!(data["patient"].as_str(), patient.as_deref(), "{payload}");
+            assert_eq!(data["payment"].as_str(), payment.as_deref(), "{payload}");
+            assert_eq!(data["refund"].as_str(), refund.as_deref(), "{payload}");
+            let postings: Vec<(String, i64, String)> = sqlx::query_as(
+                "SELECT account_id, amount_minor, currency FROM postings WHERE entry_id = $1 \
+                 ORDER BY seq",
+            )
+            .bind(id)
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+            let sent: Vec<(String, i64, String)> = data["postings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p["account"].as_str().unwrap().to_owned(),
+                        p["amount"].as_i64().unwrap(),
+                        p["currency"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            assert_eq!(sent, postings, "{payload}");
+        }
         // The outbox is append-only.
         let edit = sqlx::query("UPDATE webhook_events SET type = 'invoice.paid'")
             .execute(&app.db.pool)

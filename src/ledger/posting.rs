@@ -270,6 +270,7 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
     .await?;
 
     let refs = &header.references;
+    let effective_date = header.effective_date.format("%Y-%m-%d").to_string();
     sqlx::query(
         "INSERT INTO journal_entries (id, posted_at_us, effective_date, kind, memo, posting_count, \
          reverses_entry_id, patient_id, invoice_id, payment_id, refund_id, adjustment_id, ledger_seq) \
@@ -277,7 +278,7 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
     )
     .bind(entry_id.as_str())
     .bind(posted_at_us)
-    .bind(header.effective_date.format("%Y-%m-%d").to_string())
+    .bind(&effective_date)
     .bind(header.kind.as_str())
     .bind(&header.memo)
     .bind(i64::try_from(postings.len()).map_err(anyhow::Error::new)?)
@@ -290,7 +291,26 @@ pub async fn post(tx: &mut Tx, backend: Backend, entry: NewEntry) -> Result<Entr
     .bind(ledger_seq)
     .execute(&mut **tx)
     .await?;
-    crate::webhooks::outbox::ledger_entry(tx, &entry_id).await?; // outbox: same transaction
+    // The outbox, in the same transaction, from what is in hand: no read-back while the
+    // commit sequence is locked.
+    let inserted: Vec<(&AccountId, Money)> = rows
+        .iter()
+        .map(|(account, amount, _, _)| (*account, **amount))
+        .collect();
+    crate::webhooks::outbox::ledger_entry(
+        tx,
+        crate::webhooks::outbox::PostedEntry {
+            id: &entry_id,
+            kind: header.kind.as_str(),
+            ledger_seq,
+            posted_at_us,
+            effective_date: &effective_date,
+            reverses: header.reverses.as_ref(),
+            references: refs,
+            postings: &inserted,
+        },
+    )
+    .await?;
     Ok(entry_id)
 }
 

@@ -17,7 +17,11 @@ use sqlx::Row;
 
 use crate::db::{now_us, us_to_rfc3339, Tx};
 use crate::error::ApiResult;
-use crate::ids::{EntryId, InvoiceId, PaymentId, RefundId, WebhookDeliveryId, WebhookEventId};
+use crate::ids::{
+    AccountId, EntryId, InvoiceId, PaymentId, RefundId, WebhookDeliveryId, WebhookEventId,
+};
+use crate::ledger::posting::References;
+use crate::money::Money;
 
 /// The event types. `*` subscribes an endpoint to all of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +67,16 @@ impl EventType {
 }
 
 /// Writes the event `kind` with `data` and its deliveries, in `tx`. Returns the event id.
+///
+/// Two statements whatever the number of endpoints: the event, then one pending delivery per
+/// enabled endpoint subscribed to `kind` (or to `*`), made by an `INSERT … SELECT`. Every event
+/// costs the change that causes it these two round trips and nothing else; `ledger.entry_posted`
+/// pays them while the ledger's commit sequence is locked, so nothing here reads back.
+///
+/// A first delivery's id is derived from its event and endpoint (`whd_<event>e<endpoint seq>`),
+/// which the database can make in the same statement; it is unique because (event, endpoint)
+/// has exactly one first delivery, and it carries nothing but those two ids. Replays get random
+/// ids ([`insert_delivery`]).
 pub async fn emit(tx: &mut Tx, kind: EventType, data: Value) -> ApiResult<WebhookEventId> {
     let id = WebhookEventId::generate();
     let now = now_us();
@@ -82,19 +96,24 @@ pub async fn emit(tx: &mut Tx, kind: EventType, data: Value) -> ApiResult<Webhoo
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    // One pending delivery per enabled endpoint subscribed to this type (or to `*`). The
-    // delivery id is random like every id; made in SQL so this stays one statement.
-    let endpoints: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT e.id FROM webhook_endpoints e JOIN webhook_endpoint_events s \
-         ON s.endpoint_id = e.id WHERE e.status = 'enabled' AND s.event_type IN ($1, '*') \
-         ORDER BY e.id",
+    let random_part = id
+        .as_str()
+        .strip_prefix(WebhookEventId::PREFIX)
+        .ok_or_else(|| anyhow::anyhow!("webhook event id without its prefix"))?;
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, attempts, \
+         next_attempt_at_us, created_at_us, updated_at_us) \
+         SELECT $1 || CAST(e.seq AS TEXT), $2, e.id, 'pending', 0, $3, $3, $3 \
+         FROM webhook_endpoints e WHERE e.status = 'enabled' AND EXISTS \
+         (SELECT 1 FROM webhook_endpoint_events s WHERE s.endpoint_id = e.id \
+          AND s.event_type IN ($4, '*')) ORDER BY e.seq",
     )
+    .bind(format!("{}{random_part}e", WebhookDeliveryId::PREFIX))
+    .bind(id.as_str())
+    .bind(now)
     .bind(kind.as_str())
-    .fetch_all(&mut **tx)
+    .execute(&mut **tx)
     .await?;
-    for endpoint in endpoints {
-        insert_delivery(tx, &id, &endpoint, None, now).await?;
-    }
     Ok(id)
 }
 
@@ -204,43 +223,48 @@ pub async fn invoice(tx: &mut Tx, kind: EventType, id: &InvoiceId) -> ApiResult<
     emit(tx, kind, data).await.map(|_| ())
 }
 
+/// An entry as [`crate::ledger::posting::post`] has just written it: what
+/// `ledger.entry_posted` carries, taken from memory rather than read back, because the event is
+/// written while the ledger's commit sequence is locked.
+pub struct PostedEntry<'a> {
+    pub id: &'a EntryId,
+    pub kind: &'static str,
+    pub ledger_seq: i64,
+    pub posted_at_us: i64,
+    pub effective_date: &'a str,
+    pub reverses: Option<&'a EntryId>,
+    pub references: &'a References,
+    /// In the order they were inserted (their `seq` order).
+    pub postings: &'a [(&'a AccountId, Money)],
+}
+
 /// `ledger.entry_posted`: the entry's postings and references, never its memo.
-pub async fn ledger_entry(tx: &mut Tx, id: &EntryId) -> ApiResult<()> {
-    let e = sqlx::query(
-        "SELECT id, kind, ledger_seq, posted_at_us, effective_date, reverses_entry_id, patient_id, \
-         invoice_id, payment_id, refund_id, adjustment_id FROM journal_entries WHERE id = $1",
-    )
-    .bind(id.as_str())
-    .fetch_one(&mut **tx)
-    .await?;
-    let postings = sqlx::query(
-        "SELECT account_id, amount_minor, currency FROM postings WHERE entry_id = $1 ORDER BY seq",
-    )
-    .bind(id.as_str())
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|p| {
-        Ok(json!({
-            "account": p.try_get::<String, _>("account_id")?,
-            "amount": p.try_get::<i64, _>("amount_minor")?,
-            "currency": p.try_get::<String, _>("currency")?,
-        }))
-    })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+pub async fn ledger_entry(tx: &mut Tx, e: PostedEntry<'_>) -> ApiResult<()> {
+    let postings: Vec<Value> = e
+        .postings
+        .iter()
+        .map(|(account, amount)| {
+            json!({
+                "account": account.as_str(),
+                "amount": amount.amount_minor(),
+                "currency": amount.currency().code(),
+            })
+        })
+        .collect();
+    let refs = e.references;
     let data = json!({
         "object": "ledger_entry",
-        "id": e.try_get::<String, _>("id")?,
-        "kind": e.try_get::<String, _>("kind")?,
-        "ledger_seq": e.try_get::<i64, _>("ledger_seq")?,
-        "posted_at": us_to_rfc3339(e.try_get("posted_at_us")?),
-        "effective_date": e.try_get::<String, _>("effective_date")?,
-        "reverses": e.try_get::<Option<String>, _>("reverses_entry_id")?,
-        "patient": e.try_get::<Option<String>, _>("patient_id")?,
-        "invoice": e.try_get::<Option<String>, _>("invoice_id")?,
-        "payment": e.try_get::<Option<String>, _>("payment_id")?,
-        "refund": e.try_get::<Option<String>, _>("refund_id")?,
-        "adjustment": e.try_get::<Option<String>, _>("adjustment_id")?,
+        "id": e.id.as_str(),
+        "kind": e.kind,
+        "ledger_seq": e.ledger_seq,
+        "posted_at": us_to_rfc3339(e.posted_at_us),
+        "effective_date": e.effective_date,
+        "reverses": e.reverses.map(EntryId::as_str),
+        "patient": refs.patient.as_ref().map(|p| p.as_str()),
+        "invoice": refs.invoice.as_ref().map(|p| p.as_str()),
+        "payment": refs.payment.as_ref().map(|p| p.as_str()),
+        "refund": refs.refund.as_ref().map(|p| p.as_str()),
+        "adjustment": refs.adjustment.as_deref(),
         "postings": postings,
     });
     emit(tx, EventType::LedgerEntryPosted, data)
