@@ -294,6 +294,33 @@ async fn entries_of_kind(app: &TestApp, kind: &str) -> i64 {
     sqlx::Row::try_get(&row, "n").unwrap()
 }
 
+/// The `data` of the outbox's events of `kind`, oldest first.
+async fn outbox_of(app: &TestApp, kind: &str) -> Vec<Value> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT payload FROM webhook_events WHERE type = $1 ORDER BY seq")
+            .bind(kind)
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    rows.iter()
+        .map(|p| serde_json::from_str::<Value>(p).unwrap()["data"].clone())
+        .collect()
+}
+
+/// The keys of an outbox payload: ids, amounts, currency, status, dates — nothing else.
+fn assert_keys(data: &Value, keys: &[&str]) {
+    let mut got: Vec<&str> = data
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    got.sort_unstable();
+    let mut want = keys.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want, "{data}");
+}
+
 async fn pay(app: &TestApp, amount: i64) -> Value {
     let invoice = app.open_invoice("usd", 10_000).await;
     let r = app
@@ -537,6 +564,109 @@ async fn refunds_disputes_payouts(backend: Backend) {
     assert_eq!((s, b["outcome"].as_str()), (200, Some("applied")), "{b}");
     assert_eq!(entries_of_kind(&app, "dispute_opened").await, 1);
     assert_eq!(entries_of_kind(&app, "dispute_lost").await, 1);
+    // Stripe delivers again (same event ids), and sends another `closed` for the same
+    // dispute: nothing is applied, so nothing is emitted.
+    let mut closed_again = dispute.clone();
+    closed_again["status"] = json!("lost");
+    for (id, kind, object, outcome) in [
+        (
+            "evt_d1",
+            "charge.dispute.created",
+            dispute.clone(),
+            "duplicate",
+        ),
+        (
+            "evt_d2",
+            "charge.dispute.closed",
+            closed_again.clone(),
+            "duplicate",
+        ),
+        ("evt_d2b", "charge.dispute.closed", closed_again, "noop"),
+    ] {
+        let (s, b) = deliver(&app, &event(id, kind, t, object), SECRET, t).await;
+        assert_eq!((s, b["outcome"].as_str()), (200, Some(outcome)), "{b}");
+    }
+    assert_eq!(entries_of_kind(&app, "dispute_opened").await, 1);
+    // Accounting systems hear of each step once, from the webhook's own transaction.
+    let dispute_keys = [
+        "object",
+        "id",
+        "payment",
+        "patient",
+        "invoice",
+        "amount",
+        "currency",
+        "status",
+        "opened_entry",
+        "closed_entry",
+        "created",
+    ];
+    let created = outbox_of(&app, "dispute.created").await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_keys(&created[0], &dispute_keys);
+    assert_eq!(
+        (
+            &created[0]["id"],
+            &created[0]["amount"],
+            &created[0]["currency"],
+            &created[0]["status"]
+        ),
+        (&json!("dp_1"), &json!(8000), &json!("usd"), &json!("open"))
+    );
+    assert_eq!(created[0]["payment"], p["id"]);
+    assert!(created[0]["closed_entry"].is_null());
+    let lost = outbox_of(&app, "dispute.lost").await;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_keys(&lost[0], &dispute_keys);
+    assert_eq!(
+        (&lost[0]["id"], &lost[0]["amount"], &lost[0]["status"]),
+        (&json!("dp_1"), &json!(8000), &json!("lost"))
+    );
+    assert!(lost[0]["closed_entry"].is_string(), "{}", lost[0]);
+    assert_ne!(lost[0]["closed_entry"], lost[0]["opened_entry"]);
+    assert!(outbox_of(&app, "dispute.won").await.is_empty());
+
+    // Won, with `closed` arriving first: opened and won in one go, both emitted once.
+    let p2 = pay(&app, 3_000).await;
+    let intent2 = {
+        let f = fake.lock().unwrap();
+        f.intents
+            .values()
+            .find(|i| i["metadata"]["carebill_payment"] == p2["id"])
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let won = json!({"id": "dp_w", "object": "dispute", "amount": 3000, "currency": "usd",
+        "payment_intent": intent2, "status": "won"});
+    for id in ["evt_w1", "evt_w1", "evt_w2"] {
+        let (s, _) = deliver(
+            &app,
+            &event(id, "charge.dispute.closed", t, won.clone()),
+            SECRET,
+            t,
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let created = outbox_of(&app, "dispute.created").await;
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert_eq!(
+        (
+            &created[1]["id"],
+            &created[1]["amount"],
+            &created[1]["payment"]
+        ),
+        (&json!("dp_w"), &json!(3000), &p2["id"])
+    );
+    let won = outbox_of(&app, "dispute.won").await;
+    assert_eq!(won.len(), 1, "{won:?}");
+    assert_eq!(
+        (&won[0]["id"], &won[0]["amount"], &won[0]["status"]),
+        (&json!("dp_w"), &json!(3000), &json!("won"))
+    );
+    assert_eq!(entries_of_kind(&app, "dispute_won").await, 1);
     // A dispute on something not ours: acknowledged, nothing written but the event.
     let stranger =
         json!({"id": "dp_2", "amount": 100, "currency": "usd", "payment_intent": "pi_nobody"});
@@ -566,6 +696,30 @@ async fn refunds_disputes_payouts(backend: Backend) {
         assert_eq!(s, 200);
     }
     assert_eq!(entries_of_kind(&app, "payout").await, 1);
+    let paid = outbox_of(&app, "payout.paid").await;
+    assert_eq!(paid.len(), 1, "{paid:?}");
+    assert_keys(
+        &paid[0],
+        &[
+            "object",
+            "id",
+            "amount",
+            "currency",
+            "arrival_date",
+            "journal_entry",
+        ],
+    );
+    assert_eq!(
+        (&paid[0]["id"], &paid[0]["amount"], &paid[0]["currency"]),
+        (&json!("po_1"), &json!(4000), &json!("usd"))
+    );
+    // The stranger's dispute emitted nothing.
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE payload LIKE '%dp_2%'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 0);
     app.assert_ledger_sound().await;
     app.finish().await;
 }
@@ -773,6 +927,64 @@ async fn reconcile_posts_once_and_reports_mismatches(backend: Backend) {
     assert_eq!(entries_of_kind(&app, "payout").await, 2);
     assert_eq!(entries_of_kind(&app, "payment_captured").await, 3);
     app.assert_ledger_sound().await;
+    // Each fee and payout the runs posted is in the outbox once, with its amount, from the
+    // transaction that posted it (the webhook's payout and the reconciler's share the key).
+    let assert_outbox_once = |fees: Vec<Value>, payouts: Vec<Value>| {
+        let mut fee_amounts: Vec<(String, i64)> = fees
+            .iter()
+            .map(|f| {
+                assert_keys(
+                    f,
+                    &[
+                        "object",
+                        "balance_transaction",
+                        "amount",
+                        "currency",
+                        "journal_entry",
+                    ],
+                );
+                assert_eq!(f["currency"], "usd");
+                (
+                    f["balance_transaction"].as_str().unwrap().to_owned(),
+                    f["amount"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        fee_amounts.sort();
+        assert_eq!(
+            fee_amounts
+                .iter()
+                .map(|(_, a)| *a)
+                .collect::<Vec<_>>()
+                .iter()
+                .sum::<i64>(),
+            175 + 117 + 53,
+            "{fee_amounts:?}"
+        );
+        assert_eq!(fee_amounts.len(), 3, "{fee_amounts:?}");
+        assert!(
+            fee_amounts.contains(&("txn_stranger".to_owned(), 53)),
+            "{fee_amounts:?}"
+        );
+        let mut paid: Vec<(String, i64)> = payouts
+            .iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap().to_owned(),
+                    p["amount"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        paid.sort();
+        assert_eq!(
+            paid,
+            vec![("po_1".to_owned(), 4_000), ("po_ghost".to_owned(), 100)]
+        );
+    };
+    assert_outbox_once(
+        outbox_of(&app, "processor_fee.posted").await,
+        outbox_of(&app, "payout.paid").await,
+    );
 
     // The command: JSON, exit 1 on mismatches; then `ledger verify` stays green.
     let cli = |args: &[&str]| {
@@ -832,6 +1044,12 @@ async fn reconcile_posts_once_and_reports_mismatches(backend: Backend) {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("no mismatches"));
+    // txn_late's fee is new (88); everything else was posted, and emitted, already.
+    let fees = outbox_of(&app, "processor_fee.posted").await;
+    assert_eq!(fees.len(), 4);
+    assert_eq!(fees[3]["balance_transaction"], "txn_late");
+    assert_eq!(fees[3]["amount"], 88);
+    assert_outbox_once(fees[..3].to_vec(), outbox_of(&app, "payout.paid").await);
     app.assert_ledger_sound().await;
     app.finish().await;
 }

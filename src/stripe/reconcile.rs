@@ -39,6 +39,7 @@ use crate::ledger::accounts::{account_id, Code};
 use crate::ledger::posting::{self, EntryKind, NewEntry, References};
 use crate::money::{Currency, Money};
 use crate::processor::{ChargeOutcome, ChargeRequest, PaymentProcessor};
+use crate::webhooks::outbox::{self, EventType};
 
 /// Stripe keeps an idempotency key at least 24 hours; a lost charge is re-asked with its key
 /// only well inside that.
@@ -584,7 +585,17 @@ async fn post_fee(tx: &mut Tx, backend: Backend, txn: &str, fee: Money) -> ApiRe
     .bind(now_us())
     .execute(&mut **tx)
     .await?;
+    let entry_id = entry.id.clone();
     posting::post(tx, backend, entry).await?;
+    // The outbox, in the fee's own transaction: once per balance transaction, like the entry.
+    let data = serde_json::json!({
+        "object": "processor_fee",
+        "balance_transaction": txn,
+        "amount": fee.amount_minor(),
+        "currency": currency.code(),
+        "journal_entry": entry_id.as_str(),
+    });
+    outbox::emit(tx, EventType::ProcessorFeePosted, data).await?;
     Ok(FeeOutcome::Posted)
 }
 
