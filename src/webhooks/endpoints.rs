@@ -61,7 +61,7 @@ pub struct CreateEndpoint {
     pub description: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
     pub url: Option<String>,
@@ -71,7 +71,7 @@ pub struct UpdateEndpoint {
     pub disabled: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
     pub previous_secret_valid_seconds: Option<i64>,
@@ -291,9 +291,10 @@ async fn get_endpoint(
 async fn update_endpoint(
     State(state): State<AppState>,
     principal: Principal,
+    key: IdempotencyKey,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<UpdateEndpoint>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     principal.authorize(Action::WebhooksManage)?;
     let id = WebhookEndpointId::parse_param(&id, "id")?;
     let events = req
@@ -306,17 +307,22 @@ async fn update_endpoint(
         Some(u) => Some(checked_url(&state, u).await?),
         None => None,
     };
-    let out = state
+    let route = format!("POST /v1/webhook_endpoints/{id}");
+    let disabled = req.disabled;
+    let st = state.clone();
+    Ok(idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
+    st
         .db
         .write(|tx| {
-            let (id, url, description, events, disabled) = (
+            let (claim, id, url, description, events) = (
+                claim.clone(),
                 id.clone(),
                 url.clone(),
                 description.clone(),
                 events.clone(),
-                req.disabled,
             );
             Box::pin(async move {
+                idempotency::claim(tx, &claim).await?;
                 let id = &id;
                 let current = fetch(tx, id).await?;
                 let status: String = current.try_get("status")?;
@@ -364,11 +370,13 @@ async fn update_endpoint(
                     set_events(tx, id, events).await?;
                 }
                 let row = fetch(tx, id).await?;
-                endpoint_json(&mut **tx, &row).await
+                let out = endpoint_json(&mut **tx, &row).await?;
+                idempotency::respond_ok(tx, &claim, &out).await
             })
         })
-        .await?;
-    Ok(Json(out))
+        .await
+    })
+    .await)
 }
 
 async fn delete_endpoint(
@@ -416,9 +424,10 @@ async fn delete_endpoint(
 async fn rotate_secret(
     State(state): State<AppState>,
     principal: Principal,
+    key: IdempotencyKey,
     ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     principal.authorize(Action::WebhooksManage)?;
     let id = WebhookEndpointId::parse_param(&id, "id")?;
     let req: RotateSecret = if body.iter().all(u8::is_ascii_whitespace) {
@@ -436,32 +445,40 @@ async fn rotate_secret(
             format!("Must be between 0 and {PREVIOUS_SECRET_VALID_SECONDS_MAX}."),
         ));
     }
-    let secret = signing::new_secret();
-    let sealed = seal_secret(&state, &id, &secret).await?;
-    let out = state
-        .db
-        .write(|tx| {
-            let (id, sealed, secret) = (id.clone(), sealed.clone(), secret.clone());
-            Box::pin(async move {
-                let (id, sealed) = (&id, &sealed);
-                fetch(tx, id).await?;
-                let now = now_us();
-                // The current secret becomes the previous one (re-sealed as is: same row binding).
-                let (previous, expires) = if valid_seconds == 0 {
-                    (None, None)
-                } else {
-                    let current: String = sqlx::query_scalar(
-                        "SELECT secret_sealed FROM webhook_endpoints WHERE id = $1",
-                    )
-                    .bind(id.as_str())
-                    .fetch_one(&mut **tx)
-                    .await?;
-                    (
-                        Some(current),
-                        Some(now.saturating_add(valid_seconds.saturating_mul(1_000_000))),
-                    )
-                };
-                sqlx::query(
+    let route = format!("POST /v1/webhook_endpoints/{id}/rotate_secret");
+    let st = state.clone();
+    Ok(
+        idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
+            // Made only when the work runs: a replayed rotation answers with the secret it issued
+            // (the saved response is sealed like the secret) and issues none.
+            let secret = signing::new_secret();
+            let sealed = seal_secret(&st, &id, &secret).await?;
+            let out = st
+                .db
+                .write(|tx| {
+                    let (claim, id, sealed, secret) =
+                        (claim.clone(), id.clone(), sealed.clone(), secret.clone());
+                    Box::pin(async move {
+                        idempotency::claim(tx, &claim).await?;
+                        let (id, sealed) = (&id, &sealed);
+                        fetch(tx, id).await?;
+                        let now = now_us();
+                        // The current secret becomes the previous one (re-sealed as is: same row binding).
+                        let (previous, expires) = if valid_seconds == 0 {
+                            (None, None)
+                        } else {
+                            let current: String = sqlx::query_scalar(
+                                "SELECT secret_sealed FROM webhook_endpoints WHERE id = $1",
+                            )
+                            .bind(id.as_str())
+                            .fetch_one(&mut **tx)
+                            .await?;
+                            (
+                                Some(current),
+                                Some(now.saturating_add(valid_seconds.saturating_mul(1_000_000))),
+                            )
+                        };
+                        sqlx::query(
                     "UPDATE webhook_endpoints SET secret_sealed = $1, previous_secret_sealed = $2, \
                      previous_secret_expires_at_us = $3, updated_at_us = $4 WHERE id = $5",
                 )
@@ -472,19 +489,22 @@ async fn rotate_secret(
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?;
-                let row = fetch(tx, id).await?;
-                let mut out = endpoint_json(&mut **tx, &row).await?;
-                if let Some(map) = out.as_object_mut() {
-                    map.insert("secret".into(), json!(secret.as_str()));
-                    map.insert(
-                        "previous_secret_expires_at".into(),
-                        json!(expires.map(us_to_rfc3339)),
-                    );
-                }
-                Ok::<_, ApiError>(out)
-            })
+                        let row = fetch(tx, id).await?;
+                        let mut out = endpoint_json(&mut **tx, &row).await?;
+                        if let Some(map) = out.as_object_mut() {
+                            map.insert("secret".into(), json!(secret.as_str()));
+                            map.insert(
+                                "previous_secret_expires_at".into(),
+                                json!(expires.map(us_to_rfc3339)),
+                            );
+                        }
+                        idempotency::respond_ok(tx, &claim, &out).await
+                    })
+                })
+                .await?;
+            tracing::info!(endpoint = %id, "webhook endpoint secret rotated");
+            Ok(out)
         })
-        .await?;
-    tracing::info!(endpoint = %id, "webhook endpoint secret rotated");
-    Ok(Json(out))
+        .await,
+    )
 }

@@ -4,6 +4,7 @@
 //! `webhook-id` so a receiver that already has it can recognise it.
 
 use axum::extract::State;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -15,6 +16,7 @@ use crate::api::{cursor_seq, ApiPath, ApiQuery, List};
 use crate::auth::{Action, Principal};
 use crate::db::{now_us, us_to_rfc3339, Tx};
 use crate::error::{ApiError, ApiResult};
+use crate::idempotency::{self, IdempotencyKey};
 use crate::ids::{WebhookEndpointId, WebhookEventId};
 use crate::AppState;
 
@@ -34,7 +36,7 @@ pub struct EventQuery {
     pub kind: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Replay {
     pub endpoint: Option<String>,
@@ -152,9 +154,10 @@ async fn get_event(
 async fn replay_event(
     State(state): State<AppState>,
     principal: Principal,
+    key: IdempotencyKey,
     ApiPath(id): ApiPath<String>,
     body: axum::body::Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     principal.authorize(Action::WebhooksManage)?;
     let id = WebhookEventId::parse_param(&id, "id")?;
     let req: Replay = if body.iter().all(u8::is_ascii_whitespace) {
@@ -163,14 +166,25 @@ async fn replay_event(
         crate::api::parse_json(&body)?
     };
     let endpoint = WebhookEndpointId::parse_opt_param(req.endpoint.as_deref(), "endpoint")?;
-    let out = state
-        .db
-        .write(|tx| {
-            let (id, endpoint) = (id.clone(), endpoint.clone());
-            Box::pin(async move { replay(tx, &id, endpoint.as_ref()).await })
+    // A retried replay under the same key answers with the first one's response and queues
+    // nothing more.
+    let route = format!("POST /v1/webhook_events/{id}/replay");
+    let st = state.clone();
+    Ok(
+        idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
+            st.db
+                .write(|tx| {
+                    let (claim, id, endpoint) = (claim.clone(), id.clone(), endpoint.clone());
+                    Box::pin(async move {
+                        idempotency::claim(tx, &claim).await?;
+                        let out = replay(tx, &id, endpoint.as_ref()).await?;
+                        idempotency::respond_ok(tx, &claim, &out).await
+                    })
+                })
+                .await
         })
-        .await?;
-    Ok(Json(out))
+        .await,
+    )
 }
 
 async fn replay(
