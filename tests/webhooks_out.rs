@@ -1058,11 +1058,30 @@ both_backends!(
     }
 );
 
+/// The property names of schema `name` in the OpenAPI document the server serves.
+fn schema_properties(doc: &Value, name: &str) -> Vec<String> {
+    let mut keys: Vec<String> = doc["components"]["schemas"][name]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{name} has properties in the document"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn keys_of(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
 // Goal: update, rotate_secret and replay honour `Idempotency-Key` like payments and refunds: a
 // retry with the same key and body answers the first response and does nothing again (no
 // second delivery, no second secret); the same key with another body is 422
 // `idempotency_key_reused`; a key that is not a UUID is 400 naming the header; refused input
-// changes nothing. The processor event types are in the catalogue.
+// changes nothing. The processor event types are in the catalogue. The document describes
+// what the routes answer.
 both_backends!(
     idempotent_changes_and_replay,
     spawn = fast_app,
@@ -1319,6 +1338,61 @@ both_backends!(
             );
         }
 
+        // The document: these routes, their Idempotency-Key, their errors, and schemas whose
+        // properties are exactly what the routes answer.
+        let doc = app.admin.get("/v1/openapi.json").await.unwrap().body;
+        for (path, method) in [
+            ("/v1/webhook_endpoints", "post"),
+            ("/v1/webhook_endpoints", "get"),
+            ("/v1/webhook_endpoints/{id}", "get"),
+            ("/v1/webhook_endpoints/{id}", "post"),
+            ("/v1/webhook_endpoints/{id}", "delete"),
+            ("/v1/webhook_endpoints/{id}/rotate_secret", "post"),
+            ("/v1/webhook_events", "get"),
+            ("/v1/webhook_events/{id}", "get"),
+            ("/v1/webhook_events/{id}/replay", "post"),
+        ] {
+            let op = &doc["paths"][path][method];
+            assert!(op.is_object(), "{method} {path} documented");
+            assert_eq!(op["security"], json!([{"api_key": []}]), "{method} {path}");
+            for status in ["400", "401", "403"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path} documents {status}"
+                );
+            }
+            let has_key = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
+            assert_eq!(
+                has_key,
+                method == "post",
+                "{method} {path}: Idempotency-Key"
+            );
+        }
+        let catalogue = &doc["components"]["schemas"]["WebhookEventType"]["enum"];
+        for t in processor_types
+            .iter()
+            .chain(&["payment.succeeded", "ledger.entry_posted"])
+        {
+            assert!(
+                catalogue.as_array().unwrap().contains(&json!(t)),
+                "{catalogue}"
+            );
+        }
+        assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+        let shown = admin.get(&path).await.unwrap().body;
+        assert_eq!(keys_of(&shown), schema_properties(&doc, "WebhookEndpoint"));
+        let ev = admin
+            .get(&format!("/v1/webhook_events/{event}"))
+            .await
+            .unwrap()
+            .body;
+        assert_eq!(keys_of(&ev), schema_properties(&doc, "WebhookEvent"));
+        assert_eq!(
+            keys_of(&ev["deliveries"][0]),
+            schema_properties(&doc, "WebhookDelivery")
+        );
         app
     }
 );

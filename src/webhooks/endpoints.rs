@@ -10,9 +10,10 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sqlx::Row;
+use utoipa::ToSchema;
 
 use super::outbox::EventType;
 use super::{signing, target, SYS_WEBHOOKS};
@@ -53,28 +54,78 @@ pub fn router() -> Router<AppState> {
 /// The column an endpoint's secret is sealed for (bound into the ciphertext with the row id).
 pub const SECRET_COLUMN: &str = "webhook_endpoints.secret";
 
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEndpoint {
+    /// `https://` only, no user info, not an internal address (checked again at every delivery).
     pub url: String,
+    /// Event types (see `WebhookEventType`), or `["*"]` for all; 1 to 16 entries.
     pub enabled_events: Vec<String>,
+    /// At most 500 characters.
     pub description: Option<String>,
 }
 
-#[derive(Debug, Deserialize, serde::Serialize)]
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateEndpoint {
     pub url: Option<String>,
+    /// Replaces the list (event types, or `["*"]`).
     pub enabled_events: Option<Vec<String>>,
     pub description: Option<String>,
     /// `true` stops deliveries (they wait); `false` re-enables (also after an automatic disable).
     pub disabled: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
+    /// How long the rotated-out secret keeps signing beside the new one: 0 to 604800
+    /// (7 days); default 86400. 0 after a leak.
     pub previous_secret_valid_seconds: Option<i64>,
+}
+
+/// A registered endpoint. Its secret is never shown here (only by create and rotate_secret).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookEndpoint {
+    /// `we_…`
+    pub id: String,
+    /// Always `"webhook_endpoint"`.
+    pub object: &'static str,
+    pub url: String,
+    pub description: Option<String>,
+    /// Event types, or `*`.
+    pub enabled_events: Vec<String>,
+    /// `enabled` or `disabled`.
+    pub status: String,
+    /// `manual` or `failing` (disabled automatically), when disabled.
+    pub disabled_reason: Option<String>,
+    /// When deliveries started failing without a success since (RFC 3339).
+    pub failing_since: Option<String>,
+    pub created: String,
+    pub updated: String,
+}
+
+/// An endpoint with its signing secret: the answer of create and rotate_secret only (a replay
+/// of the same request under its `Idempotency-Key` shows the same secret again).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookEndpointWithSecret {
+    #[serde(flatten)]
+    pub endpoint: WebhookEndpoint,
+    /// `whsec_…`: the Standard Webhooks signing secret.
+    pub secret: String,
+    /// rotate_secret only: until when the previous secret keeps signing (null: it stopped at
+    /// once). Absent from create's answer.
+    pub previous_secret_expires_at: Option<String>,
+}
+
+/// What a deletion answers.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeletedWebhookEndpoint {
+    pub id: String,
+    /// Always `"webhook_endpoint"`.
+    pub object: &'static str,
+    /// Always `true`.
+    pub deleted: bool,
 }
 
 const COLUMNS: &str =
@@ -91,19 +142,21 @@ where
     .bind(&id)
     .fetch_all(executor)
     .await?;
-    let status: String = row.try_get("status")?;
-    Ok(json!({
-        "id": id,
-        "object": "webhook_endpoint",
-        "url": row.try_get::<String, _>("url")?,
-        "description": row.try_get::<Option<String>, _>("description")?,
-        "enabled_events": events,
-        "status": status,
-        "disabled_reason": row.try_get::<Option<String>, _>("disabled_reason")?,
-        "failing_since": row.try_get::<Option<i64>, _>("failing_since_us")?.map(us_to_rfc3339),
-        "created": us_to_rfc3339(row.try_get("created_at_us")?),
-        "updated": us_to_rfc3339(row.try_get("updated_at_us")?),
-    }))
+    let endpoint = WebhookEndpoint {
+        id,
+        object: "webhook_endpoint",
+        url: row.try_get("url")?,
+        description: row.try_get("description")?,
+        enabled_events: events,
+        status: row.try_get("status")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        failing_since: row
+            .try_get::<Option<i64>, _>("failing_since_us")?
+            .map(us_to_rfc3339),
+        created: us_to_rfc3339(row.try_get("created_at_us")?),
+        updated: us_to_rfc3339(row.try_get("updated_at_us")?),
+    };
+    serde_json::to_value(endpoint).map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// Checks the list of event types: known types or `*`, no duplicates, not empty.
@@ -169,7 +222,19 @@ async fn set_events(tx: &mut Tx, id: &WebhookEndpointId, events: &[String]) -> A
     Ok(())
 }
 
-async fn create_endpoint(
+/// Register an endpoint. Requires the `admin` role or the `webhooks:manage` scope. The answer
+/// is the only place the signing secret is shown (a replay under the same `Idempotency-Key`
+/// shows it again).
+#[utoipa::path(post, path = "/v1/webhook_endpoints", tag = "webhooks", request_body = CreateEndpoint,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A UUID; a retry with the same key and body replays the first answer, another body under it is 422")),
+    responses((status = 200, body = WebhookEndpointWithSecret),
+              (status = 400, body = crate::openapi::ErrorBody, description = "A parameter is missing or invalid (`url`: not https, internal address; `enabled_events[i]`: unknown type); `param` names it"),
+              (status = 401, body = crate::openapi::ErrorBody, description = "No valid credential"),
+              (status = 403, body = crate::openapi::ErrorBody, description = "Neither `admin` nor the `webhooks:manage` scope"),
+              (status = 409, body = crate::openapi::ErrorBody, description = "idempotency_key_in_use: the same key is still being processed"),
+              (status = 422, body = crate::openapi::ErrorBody, description = "idempotency_key_reused: the key was used with another request")),
+    security(("api_key" = [])))]
+pub async fn create_endpoint(
     State(state): State<AppState>,
     principal: Principal,
     key: IdempotencyKey,
@@ -241,7 +306,14 @@ async fn fetch(tx: &mut Tx, id: &WebhookEndpointId) -> ApiResult<sqlx::any::AnyR
     .ok_or_else(|| ApiError::not_found("id", "webhook endpoint"))
 }
 
-async fn list_endpoints(
+/// List the registered endpoints, oldest first.
+#[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks",
+    params(("limit" = Option<i64>, Query, description = "1 to 100"), ("starting_after" = Option<String>, Query, description = "An endpoint id (`we_…`) from the previous page")),
+    responses((status = 200, body = List<WebhookEndpoint>),
+              (status = 400, body = crate::openapi::ErrorBody, description = "`limit` or `starting_after` invalid"),
+              (status = 401, body = crate::openapi::ErrorBody, description = "No valid credential"), (status = 403, body = crate::openapi::ErrorBody, description = "Neither `admin` nor the `webhooks:manage` scope")),
+    security(("api_key" = [])))]
+pub async fn list_endpoints(
     State(state): State<AppState>,
     principal: Principal,
     ApiQuery(q): ApiQuery<PageQuery>,
@@ -271,7 +343,14 @@ async fn list_endpoints(
     Ok(Json(List::from_rows(data, limit, "/v1/webhook_endpoints")))
 }
 
-async fn get_endpoint(
+/// Retrieve an endpoint (never its secret).
+#[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`we_…`")),
+    responses((status = 200, body = WebhookEndpoint),
+              (status = 400, body = crate::openapi::ErrorBody, description = "`id` is not an endpoint id"),
+              (status = 401, body = crate::openapi::ErrorBody, description = "No valid credential"), (status = 403, body = crate::openapi::ErrorBody, description = "Neither `admin` nor the `webhooks:manage` scope"),
+              (status = 404, body = crate::openapi::ErrorBody, description = "No such endpoint (or deleted)")),
+    security(("api_key" = [])))]
+pub async fn get_endpoint(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
@@ -288,7 +367,19 @@ async fn get_endpoint(
     Ok(Json(endpoint_json(&state.db.pool, &row).await?))
 }
 
-async fn update_endpoint(
+/// Change an endpoint's URL, event types or description, or disable / re-enable it
+/// (`disabled: false` also restarts one disabled for failing, and sends what waited).
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", request_body = UpdateEndpoint,
+    params(("id" = String, Path, description = "`we_…`"),
+           ("Idempotency-Key" = Option<String>, Header, description = "A UUID; a retry with the same key and body replays the first answer, another body under it is 422")),
+    responses((status = 200, body = WebhookEndpoint),
+              (status = 400, body = crate::openapi::ErrorBody, description = "A parameter is invalid; `param` names it; nothing is changed"),
+              (status = 401, body = crate::openapi::ErrorBody, description = "No valid credential"), (status = 403, body = crate::openapi::ErrorBody, description = "Neither `admin` nor the `webhooks:manage` scope"),
+              (status = 404, body = crate::openapi::ErrorBody, description = "No such endpoint"),
+              (status = 409, body = crate::openapi::ErrorBody, description = "idempotency_key_in_use"),
+              (status = 422, body = crate::openapi::ErrorBody, description = "idempotency_key_reused")),
+    security(("api_key" = [])))]
+pub async fn update_endpoint(
     State(state): State<AppState>,
     principal: Principal,
     key: IdempotencyKey,
@@ -379,7 +470,14 @@ async fn update_endpoint(
     .await)
 }
 
-async fn delete_endpoint(
+/// Delete an endpoint: it receives nothing more, and what was still waiting for it is canceled.
+#[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhooks", params(("id" = String, Path, description = "`we_…`")),
+    responses((status = 200, body = DeletedWebhookEndpoint),
+              (status = 400, body = crate::openapi::ErrorBody, description = "`id` is not an endpoint id"),
+              (status = 401, body = crate::openapi::ErrorBody, description = "No valid credential"), (status = 403, body = crate::openapi::ErrorBody, description = "Neither `admin` nor the `webhooks:manage` scope"),
+              (status = 404, body = crate::openapi::ErrorBody, description = "No such endpoint (or deleted already)")),
+    security(("api_key" = [])))]
+pub async fn delete_endpoint(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(id): ApiPath<String>,
@@ -421,7 +519,19 @@ async fn delete_endpoint(
     ))
 }
 
-async fn rotate_secret(
+/// Issue a new signing secret. The previous one keeps signing beside it (a second signature
+/// in `webhook-signature`) for `previous_secret_valid_seconds`. The body may be empty.
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/rotate_secret", tag = "webhooks", request_body(content = Option<RotateSecret>),
+    params(("id" = String, Path, description = "`we_…`"),
+           ("Idempotency-Key" = Option<String>, Header, description = "A UUID; a retry with the same key replays the first answer (the same new secret) instead of rotating again")),
+    responses((status = 200, body = WebhookEndpointWithSecret),
+              (status = 400, body = crate::openapi::ErrorBody, description = "`previous_secret_valid_seconds` out of range"),
+              (status = 401, body = crate::openapi::ErrorBody, description = "No valid credential"), (status = 403, body = crate::openapi::ErrorBody, description = "Neither `admin` nor the `webhooks:manage` scope"),
+              (status = 404, body = crate::openapi::ErrorBody, description = "No such endpoint"),
+              (status = 409, body = crate::openapi::ErrorBody, description = "idempotency_key_in_use"),
+              (status = 422, body = crate::openapi::ErrorBody, description = "idempotency_key_reused")),
+    security(("api_key" = [])))]
+pub async fn rotate_secret(
     State(state): State<AppState>,
     principal: Principal,
     key: IdempotencyKey,
