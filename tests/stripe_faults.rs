@@ -57,6 +57,8 @@ struct Fake {
     /// (with a fee) and refund, made as they happen.
     balance_transactions: Vec<Value>,
     payouts: Vec<Value>,
+    /// The query of every list request, in order: (path, query).
+    list_queries: Vec<(String, HashMap<String, String>)>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -75,6 +77,7 @@ async fn start_fake() -> (String, Shared) {
         .route("/v1/refunds/{id}", get(get_refund))
         .route("/v1/balance_transactions", get(list_balance_transactions))
         .route("/v1/payouts", get(list_payouts))
+        .route("/v1/payouts/{id}", get(get_payout))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -153,7 +156,7 @@ async fn create_intent(State(fake): State<Shared>, headers: HeaderMap, body: Str
             let amount = intent["amount"].as_i64().unwrap();
             let n = f.balance_transactions.len() + 1;
             f.balance_transactions.insert(0, json!({"id": format!("txn_c{n}"), "object": "balance_transaction",
-                "type": "charge", "amount": amount, "fee": 30 + amount * 29 / 1000, "currency": "usd",
+                "created": now_s(), "type": "charge", "amount": amount, "fee": 30 + amount * 29 / 1000, "currency": "usd",
                 "source": {"id": format!("ch_{n}"), "object": "charge", "payment_intent": id,
                            "metadata": intent["metadata"]}}));
         }
@@ -190,7 +193,7 @@ async fn create_refund(State(fake): State<Shared>, headers: HeaderMap, body: Str
         if f.refund_status == "succeeded" {
             let n = f.balance_transactions.len() + 1;
             f.balance_transactions.insert(0, json!({"id": format!("txn_r{n}"), "object": "balance_transaction",
-                "type": "refund", "amount": -refund["amount"].as_i64().unwrap(), "fee": 0, "currency": "usd",
+                "created": now_s(), "type": "refund", "amount": -refund["amount"].as_i64().unwrap(), "fee": 0, "currency": "usd",
                 "source": refund.clone()}));
         }
         f.refunds.insert(id, refund.clone());
@@ -211,8 +214,22 @@ async fn get_refund(State(fake): State<Shared>, Path(id): Path<String>) -> Respo
 }
 
 /// Stripe's list pagination (`limit`, `starting_after`, `has_more`), with pages of at most
-/// 2 so that every run crosses pages.
+/// 2 so that every run crosses pages, and its `created[gte]` filter (an object without
+/// `created` counts as created now).
 fn page_of(all: &[Value], query: &HashMap<String, String>) -> Response {
+    let all: Vec<Value> = match query.get("created[gte]") {
+        Some(gte) => {
+            let gte: i64 = gte
+                .parse()
+                .expect("created[gte] is a whole number of seconds");
+            all.iter()
+                .filter(|o| o["created"].as_i64().unwrap_or_else(now_s) >= gte)
+                .cloned()
+                .collect()
+        }
+        None => all.to_vec(),
+    };
+    let all = &all[..];
     let limit = query
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -236,14 +253,36 @@ async fn list_balance_transactions(
         Some("data.source"),
         "the reconciler reads each transaction's source"
     );
-    page_of(&fake.lock().unwrap().balance_transactions, &query)
+    let mut f = fake.lock().unwrap();
+    f.list_queries
+        .push(("/v1/balance_transactions".into(), query.clone()));
+    page_of(&f.balance_transactions, &query)
 }
 
 async fn list_payouts(
     State(fake): State<Shared>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    page_of(&fake.lock().unwrap().payouts, &query)
+    let mut f = fake.lock().unwrap();
+    f.list_queries.push(("/v1/payouts".into(), query.clone()));
+    page_of(&f.payouts, &query)
+}
+
+async fn get_payout(State(fake): State<Shared>, Path(id): Path<String>) -> Response {
+    match fake
+        .lock()
+        .unwrap()
+        .payouts
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+    {
+        Some(v) => Json(v.clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"code": "resource_missing"}})),
+        )
+            .into_response(),
+    }
 }
 
 async fn app_on(backend: Backend, base: &str) -> TestApp {
@@ -1054,6 +1093,167 @@ async fn reconcile_posts_once_and_reports_mismatches(backend: Backend) {
     app.finish().await;
 }
 
+/// `carebill reconcile --since`: Stripe is asked only for what was created in the window
+/// (`created[gte]` on both lists); what lies before it — a stranger's old charge, an old
+/// payout, our own payment made before the window, a payout Stripe created before the window
+/// but we booked in it — is neither posted nor reported. Bad input is refused naming the
+/// option, before anything is touched; without the option the run is the full one.
+async fn reconcile_since_window(backend: Backend) {
+    use carebill::stripe::reconcile;
+    let (base, fake) = start_fake().await;
+    let app = app_on(backend, &base).await;
+    let day = 86_400;
+    let old_payment = pay(&app, 5_000).await; // pi_fake1, txn_c1: before the window
+    assert_eq!(old_payment["status"], "succeeded");
+    // The window starts on a later second than everything above.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let since = now_s();
+    let in_window = pay(&app, 2_000).await; // pi_fake2, txn_c2: in the window
+    assert_eq!(in_window["status"], "succeeded");
+    // Booked now from its webhook, created by Stripe three days ago.
+    let late = json!({"id": "po_late", "object": "payout", "amount": 300, "currency": "usd",
+        "status": "paid", "created": since - 3 * day});
+    let (s, _) = deliver(
+        &app,
+        &event("evt_late", "payout.paid", since, late.clone()),
+        SECRET,
+        now_s(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    {
+        let mut f = fake.lock().unwrap();
+        for bt in f.balance_transactions.iter_mut() {
+            if bt["source"]["payment_intent"] == "pi_fake1" {
+                bt["created"] = json!(since - 1);
+            }
+        }
+        // Before the window: a charge of someone else's, and a payout we never booked.
+        f.balance_transactions
+            .push(json!({"id": "txn_old", "created": since - 30 * day,
+            "type": "charge", "amount": 777, "fee": 53, "currency": "usd",
+            "source": {"id": "ch_old", "payment_intent": "pi_old"}}));
+        f.payouts = vec![
+            json!({"id": "po_new", "object": "payout", "amount": 1_000, "currency": "usd",
+                   "status": "paid", "created": since + 1}),
+            late,
+            json!({"id": "po_old", "object": "payout", "amount": 999, "currency": "usd",
+                   "status": "paid", "created": since - 30 * day}),
+        ];
+    }
+    let config = app.state().config.clone();
+    let report = reconcile::run_since(&app.db, &config, Some(since * 1_000_000))
+        .await
+        .unwrap();
+    assert!(report.mismatches.is_empty(), "{}", report.table());
+    assert_eq!(report.payouts_seen, 1, "{}", report.table());
+    assert_eq!(report.payouts_posted, 1);
+    assert_eq!(report.balance_transactions_seen, 1, "{}", report.table());
+    assert_eq!(report.fees_posted, 1, "only the window's fee (txn_c2)");
+    assert!(report
+        .table()
+        .contains("window: Stripe objects created since"));
+    {
+        let f = fake.lock().unwrap();
+        let lists: Vec<_> = f.list_queries.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            lists,
+            ["/v1/payouts", "/v1/balance_transactions"],
+            "one page each"
+        );
+        for (path, q) in &f.list_queries {
+            assert_eq!(
+                q.get("created[gte]"),
+                Some(&since.to_string()),
+                "{path} carries the window"
+            );
+        }
+    }
+    let fees = outbox_of(&app, "processor_fee.posted").await;
+    assert_eq!(fees.len(), 1);
+    assert_eq!(fees[0]["amount"], 30 + 2_000 * 29 / 1000);
+    let mut paid: Vec<String> = outbox_of(&app, "payout.paid")
+        .await
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    paid.sort();
+    assert_eq!(paid, ["po_late", "po_new"], "po_old is outside the window");
+
+    // The command: the same window by date or time; bad values refused naming --since.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_carebill"))
+            .args(args)
+            .env("DATABASE_URL", &config.database_url)
+            .env("CAREBILL_KEYRING", app.keyring())
+            .env("STRIPE_API_KEY", "rk_test_fault")
+            .env("STRIPE_API_BASE", &base)
+            .env("STRIPE_TIMEOUT_MS", "1000")
+            .env("STRIPE_MAX_RETRIES", "1")
+            .env_remove("CAREBILL_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let asked = || fake.lock().unwrap().list_queries.len();
+    let before = asked();
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    for bad in [
+        "yesterday",
+        "2026-13-01",
+        "2026-01-31 10:00",
+        "1969-12-31",
+        tomorrow.as_str(),
+        "",
+    ] {
+        let out = cli(&["reconcile", "--since", bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(stderr.contains("--since"), "{bad}: {stderr}");
+        assert!(!stderr.to_lowercase().contains("panic"), "{stderr}");
+    }
+    assert_eq!(asked(), before, "a bad --since asks Stripe nothing");
+    let stamp = chrono::DateTime::from_timestamp(since, 0)
+        .unwrap()
+        .to_rfc3339();
+    let out = cli(&["reconcile", "--json", "--since", &stamp]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mismatches"], json!([]), "{json}");
+    assert_eq!(json["fees_posted"], 0, "{json}");
+    assert!(
+        json["since"].as_str().unwrap().starts_with(&stamp[..19]),
+        "{json}"
+    );
+    // Without --since: the full pull (no filter), which does report what lies before.
+    let out = cli(&["reconcile", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json.get("since").is_none(), "{json}");
+    let found: Vec<&str> = json["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["stripe_id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(found, ["pi_old"], "{json}");
+    {
+        let f = fake.lock().unwrap();
+        let (_, last) = f.list_queries.last().unwrap();
+        assert!(last.get("created[gte]").is_none());
+    }
+    // The full run posted po_old and the two older fees: each emitted once, like the rest.
+    assert_eq!(outbox_of(&app, "payout.paid").await.len(), 3);
+    assert_eq!(outbox_of(&app, "processor_fee.posted").await.len(), 3);
+    app.assert_ledger_sound().await;
+    app.finish().await;
+}
+
 /// The periodic job runs when `reconcile_interval_seconds` > 0 (off by default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn periodic_reconcile_posts_fees() {
@@ -1108,3 +1308,4 @@ on_both!(requires_action_then_webhook);
 on_both!(refunds_disputes_payouts);
 on_both!(webhook_bad_input);
 on_both!(reconcile_posts_once_and_reports_mismatches);
+on_both!(reconcile_since_window);
