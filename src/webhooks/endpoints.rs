@@ -7,6 +7,7 @@
 //! for a leaked one), so the receiver can switch without dropping a delivery.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,7 +23,7 @@ use crate::auth::{Action, Principal};
 use crate::crypto::Field;
 use crate::db::{now_us, us_to_rfc3339, Tx};
 use crate::error::{ApiError, ApiResult};
-use crate::idempotency::{self, IdempotencyKey};
+use crate::idempotency::{self, IdempotencyKey, MaybeClaim};
 use crate::ids::WebhookEndpointId;
 use crate::AppState;
 
@@ -399,75 +400,91 @@ pub async fn update_endpoint(
         None => None,
     };
     let route = format!("POST /v1/webhook_endpoints/{id}");
-    let disabled = req.disabled;
+    let change = Change {
+        url,
+        description,
+        events,
+        disabled: req.disabled,
+    };
     let st = state.clone();
-    Ok(idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
-    st
-        .db
-        .write(|tx| {
-            let (claim, id, url, description, events) = (
-                claim.clone(),
-                id.clone(),
-                url.clone(),
-                description.clone(),
-                events.clone(),
-            );
-            Box::pin(async move {
-                idempotency::claim(tx, &claim).await?;
-                let id = &id;
-                let current = fetch(tx, id).await?;
-                let status: String = current.try_get("status")?;
-                let now = now_us();
-                sqlx::query(
-                    "UPDATE webhook_endpoints SET url = COALESCE($1, url), \
-                     description = COALESCE($2, description), updated_at_us = $3 WHERE id = $4",
-                )
-                .bind(url.as_deref())
-                .bind(description.as_deref())
-                .bind(now)
-                .bind(id.as_str())
-                .execute(&mut **tx)
-                .await?;
-                match (disabled, status.as_str()) {
-                    (Some(true), "enabled") => {
-                        sqlx::query(
-                            "UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = 'manual' WHERE id = $1",
-                        )
-                        .bind(id.as_str())
-                        .execute(&mut **tx)
-                        .await?;
-                    }
-                    (Some(false), "disabled") => {
-                        // A fresh start: the failure clock restarts, waiting deliveries are due.
-                        sqlx::query(
-                            "UPDATE webhook_endpoints SET status = 'enabled', disabled_reason = NULL, \
-                             failing_since_us = NULL WHERE id = $1",
-                        )
-                        .bind(id.as_str())
-                        .execute(&mut **tx)
-                        .await?;
-                        sqlx::query(
-                            "UPDATE webhook_deliveries SET next_attempt_at_us = $1 \
-                             WHERE endpoint_id = $2 AND status = 'pending' AND next_attempt_at_us > $1",
-                        )
-                        .bind(now)
-                        .bind(id.as_str())
-                        .execute(&mut **tx)
-                        .await?;
-                    }
-                    _ => {}
-                }
-                if let Some(events) = &events {
-                    set_events(tx, id, events).await?;
-                }
-                let row = fetch(tx, id).await?;
-                let out = endpoint_json(&mut **tx, &row).await?;
-                idempotency::respond_ok(tx, &claim, &out).await
-            })
+    Ok(
+        idempotency::run(&state, &principal, key, &route, &req, |claim| async move {
+            st.db
+                .write(|tx| {
+                    let (claim, id, change) = (claim.clone(), id.clone(), change.clone());
+                    Box::pin(async move { update_tx(tx, &claim, &id, &change).await })
+                })
+                .await
         })
-        .await
-    })
-    .await)
+        .await,
+    )
+}
+
+/// A checked change of an endpoint (absent fields stay as they are).
+#[derive(Debug, Clone)]
+struct Change {
+    url: Option<String>,
+    description: Option<String>,
+    events: Option<Vec<String>>,
+    disabled: Option<bool>,
+}
+
+/// The one transaction of an update: the key's row, the change, the saved response.
+async fn update_tx(
+    tx: &mut Tx,
+    claim: &MaybeClaim,
+    id: &WebhookEndpointId,
+    change: &Change,
+) -> ApiResult<(StatusCode, Value)> {
+    idempotency::claim(tx, claim).await?;
+    let current = fetch(tx, id).await?;
+    let status: String = current.try_get("status")?;
+    let now = now_us();
+    sqlx::query(
+        "UPDATE webhook_endpoints SET url = COALESCE($1, url), \
+         description = COALESCE($2, description), updated_at_us = $3 WHERE id = $4",
+    )
+    .bind(change.url.as_deref())
+    .bind(change.description.as_deref())
+    .bind(now)
+    .bind(id.as_str())
+    .execute(&mut **tx)
+    .await?;
+    match (change.disabled, status.as_str()) {
+        (Some(true), "enabled") => {
+            sqlx::query(
+                "UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = 'manual' WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .execute(&mut **tx)
+            .await?;
+        }
+        (Some(false), "disabled") => {
+            // A fresh start: the failure clock restarts, waiting deliveries are due.
+            sqlx::query(
+                "UPDATE webhook_endpoints SET status = 'enabled', disabled_reason = NULL, \
+                 failing_since_us = NULL WHERE id = $1",
+            )
+            .bind(id.as_str())
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at_us = $1 \
+                 WHERE endpoint_id = $2 AND status = 'pending' AND next_attempt_at_us > $1",
+            )
+            .bind(now)
+            .bind(id.as_str())
+            .execute(&mut **tx)
+            .await?;
+        }
+        _ => {}
+    }
+    if let Some(events) = &change.events {
+        set_events(tx, id, events).await?;
+    }
+    let row = fetch(tx, id).await?;
+    let out = endpoint_json(&mut **tx, &row).await?;
+    idempotency::respond_ok(tx, claim, &out).await
 }
 
 /// Delete an endpoint: it receives nothing more, and what was still waiting for it is canceled.
@@ -569,46 +586,7 @@ pub async fn rotate_secret(
                     let (claim, id, sealed, secret) =
                         (claim.clone(), id.clone(), sealed.clone(), secret.clone());
                     Box::pin(async move {
-                        idempotency::claim(tx, &claim).await?;
-                        let (id, sealed) = (&id, &sealed);
-                        fetch(tx, id).await?;
-                        let now = now_us();
-                        // The current secret becomes the previous one (re-sealed as is: same row binding).
-                        let (previous, expires) = if valid_seconds == 0 {
-                            (None, None)
-                        } else {
-                            let current: String = sqlx::query_scalar(
-                                "SELECT secret_sealed FROM webhook_endpoints WHERE id = $1",
-                            )
-                            .bind(id.as_str())
-                            .fetch_one(&mut **tx)
-                            .await?;
-                            (
-                                Some(current),
-                                Some(now.saturating_add(valid_seconds.saturating_mul(1_000_000))),
-                            )
-                        };
-                        sqlx::query(
-                    "UPDATE webhook_endpoints SET secret_sealed = $1, previous_secret_sealed = $2, \
-                     previous_secret_expires_at_us = $3, updated_at_us = $4 WHERE id = $5",
-                )
-                .bind(sealed)
-                .bind(previous)
-                .bind(expires)
-                .bind(now)
-                .bind(id.as_str())
-                .execute(&mut **tx)
-                .await?;
-                        let row = fetch(tx, id).await?;
-                        let mut out = endpoint_json(&mut **tx, &row).await?;
-                        if let Some(map) = out.as_object_mut() {
-                            map.insert("secret".into(), json!(secret.as_str()));
-                            map.insert(
-                                "previous_secret_expires_at".into(),
-                                json!(expires.map(us_to_rfc3339)),
-                            );
-                        }
-                        idempotency::respond_ok(tx, &claim, &out).await
+                        rotate_tx(tx, &claim, &id, &sealed, &secret, valid_seconds).await
                     })
                 })
                 .await?;
@@ -617,4 +595,54 @@ pub async fn rotate_secret(
         })
         .await,
     )
+}
+
+/// The one transaction of a rotation: the key's row, the new secret (the current one kept as
+/// the previous for `valid_seconds`), the saved response showing the new secret.
+async fn rotate_tx(
+    tx: &mut Tx,
+    claim: &MaybeClaim,
+    id: &WebhookEndpointId,
+    sealed: &str,
+    secret: &str,
+    valid_seconds: i64,
+) -> ApiResult<(StatusCode, Value)> {
+    idempotency::claim(tx, claim).await?;
+    fetch(tx, id).await?;
+    let now = now_us();
+    // The current secret becomes the previous one (re-sealed as is: same row binding).
+    let (previous, expires) = if valid_seconds == 0 {
+        (None, None)
+    } else {
+        let current: String =
+            sqlx::query_scalar("SELECT secret_sealed FROM webhook_endpoints WHERE id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut **tx)
+                .await?;
+        (
+            Some(current),
+            Some(now.saturating_add(valid_seconds.saturating_mul(1_000_000))),
+        )
+    };
+    sqlx::query(
+        "UPDATE webhook_endpoints SET secret_sealed = $1, previous_secret_sealed = $2, \
+         previous_secret_expires_at_us = $3, updated_at_us = $4 WHERE id = $5",
+    )
+    .bind(sealed)
+    .bind(previous)
+    .bind(expires)
+    .bind(now)
+    .bind(id.as_str())
+    .execute(&mut **tx)
+    .await?;
+    let row = fetch(tx, id).await?;
+    let mut out = endpoint_json(&mut **tx, &row).await?;
+    if let Some(map) = out.as_object_mut() {
+        map.insert("secret".into(), json!(secret));
+        map.insert(
+            "previous_secret_expires_at".into(),
+            json!(expires.map(us_to_rfc3339)),
+        );
+    }
+    idempotency::respond_ok(tx, claim, &out).await
 }
