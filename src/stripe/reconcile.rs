@@ -788,3 +788,38 @@ pub fn spawn_periodic(db: Db, config: std::sync::Arc<Config>, interval: std::tim
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn since_takes_a_time_or_a_date_and_names_itself_when_refused() {
+        let now = 1_800_000_000_000_000; // 2027-01-15
+        assert_eq!(
+            parse_since("2026-01-31", now).unwrap(),
+            1_769_817_600_000_000
+        );
+        assert_eq!(
+            parse_since("2026-01-31T01:00:00+01:00", now).unwrap(),
+            1_769_817_600_000_000
+        );
+        assert_eq!(
+            created_filter(Some(1_769_817_600_999_999)),
+            vec![("created[gte]", "1769817600".to_owned())]
+        );
+        assert!(created_filter(None).is_empty());
+        for bad in [
+            "",
+            "yesterday",
+            "2026-02-30",
+            "31/01/2026",
+            "1969-12-31",
+            "2027-02-01",
+        ] {
+            let e = parse_since(bad, now).unwrap_err().to_string();
+            assert!(e.starts_with("--since: "), "{bad}: {e}");
+        }
+    }
+}
