@@ -82,6 +82,10 @@ pub enum Command {
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only Stripe's payouts and balance transactions created at or after this (RFC 3339
+        /// time or YYYY-MM-DD, midnight UTC), and our records made since; default: everything.
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Benchmark `Stripe-Signature` verification (verifications per second) against raw
     /// HMAC-SHA256 computations in the same run.
@@ -276,10 +280,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::BenchExport(args) => crate::export::bench::run(args).await,
         Command::BenchAudit(args) => crate::audit::bench(args).await,
         Command::BenchCrypto(args) => crate::crypto::bench::run(args).await,
-        Command::Reconcile { json } => {
+        Command::Reconcile { json, since } => {
+            // Checked before anything is opened: bad input changes nothing.
+            let since_us = since
+                .as_deref()
+                .map(|s| crate::stripe::reconcile::parse_since(s, crate::db::now_us()))
+                .transpose()?;
             let db = crate::db::Db::connect(&config.database_url).await?;
             crate::db::migrate(&db).await?;
-            let report = crate::stripe::reconcile::run(&db, &config).await?;
+            let report = crate::stripe::reconcile::run_since(&db, &config, since_us).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -6,8 +6,9 @@
 //!   inventory the moment it is written. Registrations the reader does not understand (`nest`,
 //!   `route_service`, merging a router that is not some module's `router()`, a path that is not
 //!   a literal, a method router other than `get`/`post`/…) fail the test rather than slip by.
-//! - Every path and method of the OpenAPI document must be in the inventory, and every
-//!   `#[utoipa::path]` annotation in the sources must be in the document.
+//! - Every path and method of the OpenAPI document must be in the inventory, every
+//!   `#[utoipa::path]` annotation in the sources must be in the document, and every route in
+//!   the inventory must be in the document unless [`UNDOCUMENTED`] lists it with a reason.
 //! - [`TABLE`] is the specification: one row per route (a route whose body chooses the action,
 //!   such as a write-off or an identified export, has one row per variant), with the expected
 //!   class of answer for each caller. It is written out by hand from what the issue and
@@ -586,6 +587,41 @@ fn documented_paths() -> BTreeSet<(String, String)> {
     out
 }
 
+/// Routes served but not (yet) in the OpenAPI document, each with why. Every other served
+/// route must be documented: a new route fails [`coverage_problems`] until its handler is
+/// annotated and listed in src/openapi.rs. This list may only shrink.
+#[rustfmt::skip]
+const UNDOCUMENTED: &[(&str, &str, &str)] = &[
+    // Probes and the document itself: not part of the API's contract.
+    ("GET",    "/healthz",                                 "liveness probe"),
+    ("GET",    "/readyz",                                  "readiness probe"),
+    ("GET",    "/v1/openapi.json",                         "the document itself"),
+    // Identity and administration (src/identity, src/auth.rs, src/audit): not yet annotated.
+    ("POST",   "/v1/sessions",                             "identity: not yet annotated"),
+    ("POST",   "/v1/sessions/guest",                       "identity: not yet annotated"),
+    ("POST",   "/v1/sessions/mfa",                         "identity: not yet annotated"),
+    ("POST",   "/v1/sessions/mfa/enrollment",              "identity: not yet annotated"),
+    ("POST",   "/v1/sessions/mfa/enrollment/confirm",      "identity: not yet annotated"),
+    ("DELETE", "/v1/sessions/current",                     "identity: not yet annotated"),
+    ("POST",   "/v1/sessions/revoke_all",                  "identity: not yet annotated"),
+    ("POST",   "/v1/users",                                "identity: not yet annotated"),
+    ("GET",    "/v1/users",                                "identity: not yet annotated"),
+    ("POST",   "/v1/users/{id}",                           "identity: not yet annotated"),
+    ("POST",   "/v1/users/me/password",                    "identity: not yet annotated"),
+    ("POST",   "/v1/users/{id}/password",                  "identity: not yet annotated"),
+    ("POST",   "/v1/users/{id}/require_password_reset",    "identity: not yet annotated"),
+    ("POST",   "/v1/patients/{id}/access_code",            "identity: not yet annotated"),
+    ("GET",    "/v1/security_events",                      "identity: not yet annotated"),
+    ("POST",   "/v1/facilities",                           "identity: not yet annotated"),
+    ("GET",    "/v1/facilities",                           "identity: not yet annotated"),
+    ("POST",   "/v1/api_keys",                             "identity: not yet annotated"),
+    ("GET",    "/v1/api_keys",                             "identity: not yet annotated"),
+    ("GET",    "/v1/api_keys/{id}",                        "identity: not yet annotated"),
+    ("DELETE", "/v1/api_keys/{id}",                        "identity: not yet annotated"),
+    ("POST",   "/v1/api_keys/{id}/rotate",                 "identity: not yet annotated"),
+    ("GET",    "/v1/audit_events",                         "audit trail: not yet annotated"),
+];
+
 /// Everything that keeps the table and the server from agreeing, before a request is made.
 fn coverage_problems() -> Vec<String> {
     let (routes, mut problems) = inventory();
@@ -598,6 +634,30 @@ fn coverage_problems() -> Vec<String> {
         if !served.contains_key(&(method.clone(), path.clone())) {
             problems.push(format!(
                 "{method} {path} is in the OpenAPI document but no `.route(` in src/ serves it"
+            ));
+        }
+    }
+    for ((method, path), file) in &served {
+        let exempt = UNDOCUMENTED
+            .iter()
+            .any(|(m, p, _)| *m == method.as_str() && *p == path.as_str());
+        let is_documented = documented.contains(&(method.clone(), path.clone()));
+        if !exempt && !is_documented {
+            problems.push(format!(
+                "{method} {path} (registered in {file}) is not in the OpenAPI document: annotate \
+                 its handler with #[utoipa::path] and add it to `paths(…)` in src/openapi.rs"
+            ));
+        }
+        if exempt && is_documented {
+            problems.push(format!(
+                "{method} {path} is documented now: remove it from UNDOCUMENTED in tests/authz_matrix.rs"
+            ));
+        }
+    }
+    for (method, path, _) in UNDOCUMENTED {
+        if !served.contains_key(&((*method).to_owned(), (*path).to_owned())) {
+            problems.push(format!(
+                "{method} {path} is in UNDOCUMENTED but no `.route(` serves it: remove it"
             ));
         }
     }

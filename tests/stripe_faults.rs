@@ -57,6 +57,8 @@ struct Fake {
     /// (with a fee) and refund, made as they happen.
     balance_transactions: Vec<Value>,
     payouts: Vec<Value>,
+    /// The query of every list request, in order: (path, query).
+    list_queries: Vec<(String, HashMap<String, String>)>,
 }
 
 type Shared = Arc<Mutex<Fake>>;
@@ -75,6 +77,7 @@ async fn start_fake() -> (String, Shared) {
         .route("/v1/refunds/{id}", get(get_refund))
         .route("/v1/balance_transactions", get(list_balance_transactions))
         .route("/v1/payouts", get(list_payouts))
+        .route("/v1/payouts/{id}", get(get_payout))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -153,7 +156,7 @@ async fn create_intent(State(fake): State<Shared>, headers: HeaderMap, body: Str
             let amount = intent["amount"].as_i64().unwrap();
             let n = f.balance_transactions.len() + 1;
             f.balance_transactions.insert(0, json!({"id": format!("txn_c{n}"), "object": "balance_transaction",
-                "type": "charge", "amount": amount, "fee": 30 + amount * 29 / 1000, "currency": "usd",
+                "created": now_s(), "type": "charge", "amount": amount, "fee": 30 + amount * 29 / 1000, "currency": "usd",
                 "source": {"id": format!("ch_{n}"), "object": "charge", "payment_intent": id,
                            "metadata": intent["metadata"]}}));
         }
@@ -190,7 +193,7 @@ async fn create_refund(State(fake): State<Shared>, headers: HeaderMap, body: Str
         if f.refund_status == "succeeded" {
             let n = f.balance_transactions.len() + 1;
             f.balance_transactions.insert(0, json!({"id": format!("txn_r{n}"), "object": "balance_transaction",
-                "type": "refund", "amount": -refund["amount"].as_i64().unwrap(), "fee": 0, "currency": "usd",
+                "created": now_s(), "type": "refund", "amount": -refund["amount"].as_i64().unwrap(), "fee": 0, "currency": "usd",
                 "source": refund.clone()}));
         }
         f.refunds.insert(id, refund.clone());
@@ -211,8 +214,22 @@ async fn get_refund(State(fake): State<Shared>, Path(id): Path<String>) -> Respo
 }
 
 /// Stripe's list pagination (`limit`, `starting_after`, `has_more`), with pages of at most
-/// 2 so that every run crosses pages.
+/// 2 so that every run crosses pages, and its `created[gte]` filter (an object without
+/// `created` counts as created now).
 fn page_of(all: &[Value], query: &HashMap<String, String>) -> Response {
+    let all: Vec<Value> = match query.get("created[gte]") {
+        Some(gte) => {
+            let gte: i64 = gte
+                .parse()
+                .expect("created[gte] is a whole number of seconds");
+            all.iter()
+                .filter(|o| o["created"].as_i64().unwrap_or_else(now_s) >= gte)
+                .cloned()
+                .collect()
+        }
+        None => all.to_vec(),
+    };
+    let all = &all[..];
     let limit = query
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -236,14 +253,36 @@ async fn list_balance_transactions(
         Some("data.source"),
         "the reconciler reads each transaction's source"
     );
-    page_of(&fake.lock().unwrap().balance_transactions, &query)
+    let mut f = fake.lock().unwrap();
+    f.list_queries
+        .push(("/v1/balance_transactions".into(), query.clone()));
+    page_of(&f.balance_transactions, &query)
 }
 
 async fn list_payouts(
     State(fake): State<Shared>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    page_of(&fake.lock().unwrap().payouts, &query)
+    let mut f = fake.lock().unwrap();
+    f.list_queries.push(("/v1/payouts".into(), query.clone()));
+    page_of(&f.payouts, &query)
+}
+
+async fn get_payout(State(fake): State<Shared>, Path(id): Path<String>) -> Response {
+    match fake
+        .lock()
+        .unwrap()
+        .payouts
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+    {
+        Some(v) => Json(v.clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"code": "resource_missing"}})),
+        )
+            .into_response(),
+    }
 }
 
 async fn app_on(backend: Backend, base: &str) -> TestApp {
@@ -292,6 +331,33 @@ async fn entries_of_kind(app: &TestApp, kind: &str) -> i64 {
         .await
         .unwrap();
     sqlx::Row::try_get(&row, "n").unwrap()
+}
+
+/// The `data` of the outbox's events of `kind`, oldest first.
+async fn outbox_of(app: &TestApp, kind: &str) -> Vec<Value> {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT payload FROM webhook_events WHERE type = $1 ORDER BY seq")
+            .bind(kind)
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    rows.iter()
+        .map(|p| serde_json::from_str::<Value>(p).unwrap()["data"].clone())
+        .collect()
+}
+
+/// The keys of an outbox payload: ids, amounts, currency, status, dates — nothing else.
+fn assert_keys(data: &Value, keys: &[&str]) {
+    let mut got: Vec<&str> = data
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    got.sort_unstable();
+    let mut want = keys.to_vec();
+    want.sort_unstable();
+    assert_eq!(got, want, "{data}");
 }
 
 async fn pay(app: &TestApp, amount: i64) -> Value {
@@ -537,6 +603,109 @@ async fn refunds_disputes_payouts(backend: Backend) {
     assert_eq!((s, b["outcome"].as_str()), (200, Some("applied")), "{b}");
     assert_eq!(entries_of_kind(&app, "dispute_opened").await, 1);
     assert_eq!(entries_of_kind(&app, "dispute_lost").await, 1);
+    // Stripe delivers again (same event ids), and sends another `closed` for the same
+    // dispute: nothing is applied, so nothing is emitted.
+    let mut closed_again = dispute.clone();
+    closed_again["status"] = json!("lost");
+    for (id, kind, object, outcome) in [
+        (
+            "evt_d1",
+            "charge.dispute.created",
+            dispute.clone(),
+            "duplicate",
+        ),
+        (
+            "evt_d2",
+            "charge.dispute.closed",
+            closed_again.clone(),
+            "duplicate",
+        ),
+        ("evt_d2b", "charge.dispute.closed", closed_again, "noop"),
+    ] {
+        let (s, b) = deliver(&app, &event(id, kind, t, object), SECRET, t).await;
+        assert_eq!((s, b["outcome"].as_str()), (200, Some(outcome)), "{b}");
+    }
+    assert_eq!(entries_of_kind(&app, "dispute_opened").await, 1);
+    // Accounting systems hear of each step once, from the webhook's own transaction.
+    let dispute_keys = [
+        "object",
+        "id",
+        "payment",
+        "patient",
+        "invoice",
+        "amount",
+        "currency",
+        "status",
+        "opened_entry",
+        "closed_entry",
+        "created",
+    ];
+    let created = outbox_of(&app, "dispute.created").await;
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_keys(&created[0], &dispute_keys);
+    assert_eq!(
+        (
+            &created[0]["id"],
+            &created[0]["amount"],
+            &created[0]["currency"],
+            &created[0]["status"]
+        ),
+        (&json!("dp_1"), &json!(8000), &json!("usd"), &json!("open"))
+    );
+    assert_eq!(created[0]["payment"], p["id"]);
+    assert!(created[0]["closed_entry"].is_null());
+    let lost = outbox_of(&app, "dispute.lost").await;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_keys(&lost[0], &dispute_keys);
+    assert_eq!(
+        (&lost[0]["id"], &lost[0]["amount"], &lost[0]["status"]),
+        (&json!("dp_1"), &json!(8000), &json!("lost"))
+    );
+    assert!(lost[0]["closed_entry"].is_string(), "{}", lost[0]);
+    assert_ne!(lost[0]["closed_entry"], lost[0]["opened_entry"]);
+    assert!(outbox_of(&app, "dispute.won").await.is_empty());
+
+    // Won, with `closed` arriving first: opened and won in one go, both emitted once.
+    let p2 = pay(&app, 3_000).await;
+    let intent2 = {
+        let f = fake.lock().unwrap();
+        f.intents
+            .values()
+            .find(|i| i["metadata"]["carebill_payment"] == p2["id"])
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let won = json!({"id": "dp_w", "object": "dispute", "amount": 3000, "currency": "usd",
+        "payment_intent": intent2, "status": "won"});
+    for id in ["evt_w1", "evt_w1", "evt_w2"] {
+        let (s, _) = deliver(
+            &app,
+            &event(id, "charge.dispute.closed", t, won.clone()),
+            SECRET,
+            t,
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let created = outbox_of(&app, "dispute.created").await;
+    assert_eq!(created.len(), 2, "{created:?}");
+    assert_eq!(
+        (
+            &created[1]["id"],
+            &created[1]["amount"],
+            &created[1]["payment"]
+        ),
+        (&json!("dp_w"), &json!(3000), &p2["id"])
+    );
+    let won = outbox_of(&app, "dispute.won").await;
+    assert_eq!(won.len(), 1, "{won:?}");
+    assert_eq!(
+        (&won[0]["id"], &won[0]["amount"], &won[0]["status"]),
+        (&json!("dp_w"), &json!(3000), &json!("won"))
+    );
+    assert_eq!(entries_of_kind(&app, "dispute_won").await, 1);
     // A dispute on something not ours: acknowledged, nothing written but the event.
     let stranger =
         json!({"id": "dp_2", "amount": 100, "currency": "usd", "payment_intent": "pi_nobody"});
@@ -566,6 +735,30 @@ async fn refunds_disputes_payouts(backend: Backend) {
         assert_eq!(s, 200);
     }
     assert_eq!(entries_of_kind(&app, "payout").await, 1);
+    let paid = outbox_of(&app, "payout.paid").await;
+    assert_eq!(paid.len(), 1, "{paid:?}");
+    assert_keys(
+        &paid[0],
+        &[
+            "object",
+            "id",
+            "amount",
+            "currency",
+            "arrival_date",
+            "journal_entry",
+        ],
+    );
+    assert_eq!(
+        (&paid[0]["id"], &paid[0]["amount"], &paid[0]["currency"]),
+        (&json!("po_1"), &json!(4000), &json!("usd"))
+    );
+    // The stranger's dispute emitted nothing.
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM webhook_events WHERE payload LIKE '%dp_2%'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 0);
     app.assert_ledger_sound().await;
     app.finish().await;
 }
@@ -773,6 +966,64 @@ async fn reconcile_posts_once_and_reports_mismatches(backend: Backend) {
     assert_eq!(entries_of_kind(&app, "payout").await, 2);
     assert_eq!(entries_of_kind(&app, "payment_captured").await, 3);
     app.assert_ledger_sound().await;
+    // Each fee and payout the runs posted is in the outbox once, with its amount, from the
+    // transaction that posted it (the webhook's payout and the reconciler's share the key).
+    let assert_outbox_once = |fees: Vec<Value>, payouts: Vec<Value>| {
+        let mut fee_amounts: Vec<(String, i64)> = fees
+            .iter()
+            .map(|f| {
+                assert_keys(
+                    f,
+                    &[
+                        "object",
+                        "balance_transaction",
+                        "amount",
+                        "currency",
+                        "journal_entry",
+                    ],
+                );
+                assert_eq!(f["currency"], "usd");
+                (
+                    f["balance_transaction"].as_str().unwrap().to_owned(),
+                    f["amount"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        fee_amounts.sort();
+        assert_eq!(
+            fee_amounts
+                .iter()
+                .map(|(_, a)| *a)
+                .collect::<Vec<_>>()
+                .iter()
+                .sum::<i64>(),
+            175 + 117 + 53,
+            "{fee_amounts:?}"
+        );
+        assert_eq!(fee_amounts.len(), 3, "{fee_amounts:?}");
+        assert!(
+            fee_amounts.contains(&("txn_stranger".to_owned(), 53)),
+            "{fee_amounts:?}"
+        );
+        let mut paid: Vec<(String, i64)> = payouts
+            .iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap().to_owned(),
+                    p["amount"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        paid.sort();
+        assert_eq!(
+            paid,
+            vec![("po_1".to_owned(), 4_000), ("po_ghost".to_owned(), 100)]
+        );
+    };
+    assert_outbox_once(
+        outbox_of(&app, "processor_fee.posted").await,
+        outbox_of(&app, "payout.paid").await,
+    );
 
     // The command: JSON, exit 1 on mismatches; then `ledger verify` stays green.
     let cli = |args: &[&str]| {
@@ -832,6 +1083,173 @@ async fn reconcile_posts_once_and_reports_mismatches(backend: Backend) {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("no mismatches"));
+    // txn_late's fee is new (88); everything else was posted, and emitted, already.
+    let fees = outbox_of(&app, "processor_fee.posted").await;
+    assert_eq!(fees.len(), 4);
+    assert_eq!(fees[3]["balance_transaction"], "txn_late");
+    assert_eq!(fees[3]["amount"], 88);
+    assert_outbox_once(fees[..3].to_vec(), outbox_of(&app, "payout.paid").await);
+    app.assert_ledger_sound().await;
+    app.finish().await;
+}
+
+/// `carebill reconcile --since`: Stripe is asked only for what was created in the window
+/// (`created[gte]` on both lists); what lies before it — a stranger's old charge, an old
+/// payout, our own payment made before the window, a payout Stripe created before the window
+/// but we booked in it — is neither posted nor reported. Bad input is refused naming the
+/// option, before anything is touched; without the option the run is the full one.
+async fn reconcile_since_window(backend: Backend) {
+    use carebill::stripe::reconcile;
+    let (base, fake) = start_fake().await;
+    let app = app_on(backend, &base).await;
+    let day = 86_400;
+    let old_payment = pay(&app, 5_000).await; // pi_fake1, txn_c1: before the window
+    assert_eq!(old_payment["status"], "succeeded");
+    // The window starts on a later second than everything above.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let since = now_s();
+    let in_window = pay(&app, 2_000).await; // pi_fake2, txn_c2: in the window
+    assert_eq!(in_window["status"], "succeeded");
+    // Booked now from its webhook, created by Stripe three days ago.
+    let late = json!({"id": "po_late", "object": "payout", "amount": 300, "currency": "usd",
+        "status": "paid", "created": since - 3 * day});
+    let (s, _) = deliver(
+        &app,
+        &event("evt_late", "payout.paid", since, late.clone()),
+        SECRET,
+        now_s(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    {
+        let mut f = fake.lock().unwrap();
+        for bt in f.balance_transactions.iter_mut() {
+            if bt["source"]["payment_intent"] == "pi_fake1" {
+                bt["created"] = json!(since - 1);
+            }
+        }
+        // Before the window: a charge of someone else's, and a payout we never booked.
+        f.balance_transactions
+            .push(json!({"id": "txn_old", "created": since - 30 * day,
+            "type": "charge", "amount": 777, "fee": 53, "currency": "usd",
+            "source": {"id": "ch_old", "payment_intent": "pi_old"}}));
+        f.payouts = vec![
+            json!({"id": "po_new", "object": "payout", "amount": 1_000, "currency": "usd",
+                   "status": "paid", "created": since + 1}),
+            late,
+            json!({"id": "po_old", "object": "payout", "amount": 999, "currency": "usd",
+                   "status": "paid", "created": since - 30 * day}),
+        ];
+    }
+    let config = app.state().config.clone();
+    let report = reconcile::run_since(&app.db, &config, Some(since * 1_000_000))
+        .await
+        .unwrap();
+    assert!(report.mismatches.is_empty(), "{}", report.table());
+    assert_eq!(report.payouts_seen, 1, "{}", report.table());
+    assert_eq!(report.payouts_posted, 1);
+    assert_eq!(report.balance_transactions_seen, 1, "{}", report.table());
+    assert_eq!(report.fees_posted, 1, "only the window's fee (txn_c2)");
+    assert!(report
+        .table()
+        .contains("window: Stripe objects created since"));
+    {
+        let f = fake.lock().unwrap();
+        let lists: Vec<_> = f.list_queries.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            lists,
+            ["/v1/payouts", "/v1/balance_transactions"],
+            "one page each"
+        );
+        for (path, q) in &f.list_queries {
+            assert_eq!(
+                q.get("created[gte]"),
+                Some(&since.to_string()),
+                "{path} carries the window"
+            );
+        }
+    }
+    let fees = outbox_of(&app, "processor_fee.posted").await;
+    assert_eq!(fees.len(), 1);
+    assert_eq!(fees[0]["amount"], 30 + 2_000 * 29 / 1000);
+    let mut paid: Vec<String> = outbox_of(&app, "payout.paid")
+        .await
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    paid.sort();
+    assert_eq!(paid, ["po_late", "po_new"], "po_old is outside the window");
+
+    // The command: the same window by date or time; bad values refused naming --since.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_carebill"))
+            .args(args)
+            .env("DATABASE_URL", &config.database_url)
+            .env("CAREBILL_KEYRING", app.keyring())
+            .env("STRIPE_API_KEY", "rk_test_fault")
+            .env("STRIPE_API_BASE", &base)
+            .env("STRIPE_TIMEOUT_MS", "1000")
+            .env("STRIPE_MAX_RETRIES", "1")
+            .env_remove("CAREBILL_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let asked = || fake.lock().unwrap().list_queries.len();
+    let before = asked();
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    for bad in [
+        "yesterday",
+        "2026-13-01",
+        "2026-01-31 10:00",
+        "1969-12-31",
+        tomorrow.as_str(),
+        "",
+    ] {
+        let out = cli(&["reconcile", "--since", bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(stderr.contains("--since"), "{bad}: {stderr}");
+        assert!(!stderr.to_lowercase().contains("panic"), "{stderr}");
+    }
+    assert_eq!(asked(), before, "a bad --since asks Stripe nothing");
+    let stamp = chrono::DateTime::from_timestamp(since, 0)
+        .unwrap()
+        .to_rfc3339();
+    let out = cli(&["reconcile", "--json", "--since", &stamp]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mismatches"], json!([]), "{json}");
+    assert_eq!(json["fees_posted"], 0, "{json}");
+    assert!(
+        json["since"].as_str().unwrap().starts_with(&stamp[..19]),
+        "{json}"
+    );
+    // Without --since: the full pull (no filter), which does report what lies before.
+    let out = cli(&["reconcile", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json.get("since").is_none(), "{json}");
+    let found: Vec<&str> = json["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["stripe_id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(found, ["pi_old"], "{json}");
+    {
+        let f = fake.lock().unwrap();
+        let (_, last) = f.list_queries.last().unwrap();
+        assert!(last.get("created[gte]").is_none());
+    }
+    // The full run posted po_old and the two older fees: each emitted once, like the rest.
+    assert_eq!(outbox_of(&app, "payout.paid").await.len(), 3);
+    assert_eq!(outbox_of(&app, "processor_fee.posted").await.len(), 3);
     app.assert_ledger_sound().await;
     app.finish().await;
 }
@@ -890,3 +1308,4 @@ on_both!(requires_action_then_webhook);
 on_both!(refunds_disputes_payouts);
 on_both!(webhook_bad_input);
 on_both!(reconcile_posts_once_and_reports_mismatches);
+on_both!(reconcile_since_window);

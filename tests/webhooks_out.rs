@@ -1117,3 +1117,342 @@ both_backends!(
         app
     }
 );
+
+/// The property names of schema `name` in the OpenAPI document the server serves.
+fn schema_properties(doc: &Value, name: &str) -> Vec<String> {
+    let mut keys: Vec<String> = doc["components"]["schemas"][name]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{name} has properties in the document"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn keys_of(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+// Goal: update, rotate_secret and replay honour `Idempotency-Key` like payments and refunds: a
+// retry with the same key and body answers the first response and does nothing again (no
+// second delivery, no second secret); the same key with another body is 422
+// `idempotency_key_reused`; a key that is not a UUID is 400 naming the header; refused input
+// changes nothing. The processor event types are in the catalogue. The document describes
+// what the routes answer.
+both_backends!(
+    idempotent_changes_and_replay,
+    spawn = fast_app,
+    |app: TestApp| async move {
+        let admin = app.as_role("admin");
+        let rx = Receiver::start().await;
+        let endpoint = register(&app, &rx.url(), &["invoice.finalized"]).await;
+        let endpoint_id = id_of(&endpoint).unwrap();
+        app.open_invoice("usd", 1000).await;
+        eventually("delivered", || async {
+            delivery_states(&app, &endpoint_id)
+                .await
+                .first()
+                .is_some_and(|(_, s, _, _)| s == "succeeded")
+        })
+        .await;
+        let (event, _, _, _) = delivery_states(&app, &endpoint_id).await.remove(0);
+        let deliveries = || async {
+            scalar_i64(
+                &app,
+                "SELECT COUNT(*) FROM webhook_deliveries WHERE event_id = $1",
+                &event,
+            )
+            .await
+        };
+        assert_eq!(deliveries().await, 1);
+
+        // Replay: the retry replays the answer, queues nothing.
+        let replay_path = format!("/v1/webhook_events/{event}/replay");
+        let key = new_key();
+        let body = json!({"endpoint": endpoint_id});
+        let first = admin.post(&replay_path, &body, Some(&key)).await.unwrap();
+        assert_eq!(first.status, 200, "{}", first.body);
+        assert!(!first.replayed);
+        assert_eq!(deliveries().await, 2);
+        let again = admin.post(&replay_path, &body, Some(&key)).await.unwrap();
+        assert_eq!(again.status, 200, "{}", again.body);
+        assert!(again.replayed, "answered from the saved response");
+        assert_eq!(again.body, first.body);
+        assert_eq!(
+            deliveries().await,
+            2,
+            "a retried replay queues no second delivery"
+        );
+        // The same key with another body: refused, nothing queued.
+        let r = admin
+            .post(&replay_path, &json!({}), Some(&key))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("idempotency_key_reused")),
+            "{}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["type"], "idempotency_error");
+        // Not a UUID: 400 naming the header, nothing queued.
+        let r = admin
+            .post(&replay_path, &body, Some("not-a-uuid"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"]["param"].as_str()),
+            (400, Some("Idempotency-Key")),
+            "{}",
+            r.body
+        );
+        assert_eq!(deliveries().await, 2);
+        // A refused replay (unknown endpoint) does not use the key up: fixed, it runs.
+        let key2 = new_key();
+        let r = admin
+            .post(&replay_path, &json!({"endpoint": "we_nope"}), Some(&key2))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"]["param"].as_str()),
+            (404, Some("endpoint"))
+        );
+        let r = admin
+            .post(&replay_path, &json!({"endpoint": "we_nope"}), Some(&key2))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status, 404,
+            "an error is not saved as the key's answer: {}",
+            r.body
+        );
+        assert_eq!(deliveries().await, 2);
+
+        // Update.
+        let path = format!("/v1/webhook_endpoints/{endpoint_id}");
+        let key = new_key();
+        let change = json!({"description": "ledger sync"});
+        let first = admin.post(&path, &change, Some(&key)).await.unwrap();
+        assert_eq!(
+            (first.status, first.body["description"].as_str()),
+            (200, Some("ledger sync")),
+            "{}",
+            first.body
+        );
+        let again = admin.post(&path, &change, Some(&key)).await.unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.body, first.body);
+        let r = admin
+            .post(&path, &json!({"description": "other"}), Some(&key))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("idempotency_key_reused"))
+        );
+        // Bad input: 400 naming the parameter, and no part of the change is written.
+        for (bad, param) in [
+            (
+                json!({"description": "half", "enabled_events": ["payout.exploded"]}),
+                "enabled_events[0]",
+            ),
+            (
+                json!({"description": "half", "enabled_events": []}),
+                "enabled_events",
+            ),
+            (
+                json!({"description": "half", "url": "ftp://example.com/x"}),
+                "url",
+            ),
+            (
+                json!({"description": "half", "disabled": "yes"}),
+                "disabled",
+            ),
+            (json!({"description": "half", "colour": "red"}), "colour"),
+        ] {
+            let r = admin.post(&path, &bad, Some(&new_key())).await.unwrap();
+            assert_eq!(
+                (r.status, r.body["error"]["param"].as_str()),
+                (400, Some(param)),
+                "{bad}: {}",
+                r.body
+            );
+        }
+        let now = admin.get(&path).await.unwrap().body;
+        assert_eq!(now["description"], "ledger sync", "{now}");
+        assert_eq!(now["enabled_events"], json!(["invoice.finalized"]), "{now}");
+
+        // Rotate: the retry shows the same new secret and rotates nothing.
+        let rotate = format!("/v1/webhook_endpoints/{endpoint_id}/rotate_secret");
+        let sealed = || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT secret_sealed FROM webhook_endpoints WHERE id = $1",
+            )
+            .bind(&endpoint_id)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+        };
+        let key = new_key();
+        let first = admin
+            .post(
+                &rotate,
+                &json!({"previous_secret_valid_seconds": 60}),
+                Some(&key),
+            )
+            .await
+            .unwrap();
+        assert_eq!(first.status, 200, "{}", first.body);
+        let secret = first.body["secret"].as_str().unwrap().to_owned();
+        assert_ne!(secret, endpoint["secret"].as_str().unwrap());
+        let stored = sealed().await;
+        let again = admin
+            .post(
+                &rotate,
+                &json!({"previous_secret_valid_seconds": 60}),
+                Some(&key),
+            )
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.body["secret"], secret.as_str());
+        assert_eq!(sealed().await, stored, "not rotated again");
+        let r = admin
+            .post(
+                &rotate,
+                &json!({"previous_secret_valid_seconds": 0}),
+                Some(&key),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (422, Some("idempotency_key_reused"))
+        );
+        let r = admin
+            .post(
+                &rotate,
+                &json!({"previous_secret_valid_seconds": -1}),
+                Some(&new_key()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"]["param"].as_str()),
+            (400, Some("previous_secret_valid_seconds"))
+        );
+        assert_eq!(sealed().await, stored, "a refused rotation changes nothing");
+        let other = admin
+            .post(&rotate, &json!({}), Some(&new_key()))
+            .await
+            .unwrap();
+        assert_eq!(other.status, 200);
+        assert_ne!(
+            other.body["secret"],
+            secret.as_str(),
+            "a new key is a new rotation"
+        );
+
+        // The processor's event types are in the catalogue: accepted at registration and as a
+        // filter; an unknown one is refused naming its position, listing them.
+        let processor_types = [
+            "dispute.created",
+            "dispute.won",
+            "dispute.lost",
+            "payout.paid",
+            "processor_fee.posted",
+        ];
+        let e = register(&app, &rx.url(), &processor_types).await;
+        let mut got: Vec<String> = serde_json::from_value(e["enabled_events"].clone()).unwrap();
+        got.sort();
+        let mut want: Vec<String> = processor_types.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want);
+        for t in processor_types {
+            let r = admin
+                .get(&format!("/v1/webhook_events?type={t}"))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{t}: {}", r.body);
+        }
+        let r = admin
+            .post(
+                "/v1/webhook_endpoints",
+                &json!({"url": rx.url(), "enabled_events": ["payout.paid", "payout.failed"]}),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body["error"]["param"].as_str()),
+            (400, Some("enabled_events[1]"))
+        );
+        for t in processor_types {
+            assert!(
+                r.body["error"]["message"].as_str().unwrap().contains(t),
+                "{}",
+                r.body
+            );
+        }
+
+        // The document: these routes, their Idempotency-Key, their errors, and schemas whose
+        // properties are exactly what the routes answer.
+        let doc = app.admin.get("/v1/openapi.json").await.unwrap().body;
+        for (path, method) in [
+            ("/v1/webhook_endpoints", "post"),
+            ("/v1/webhook_endpoints", "get"),
+            ("/v1/webhook_endpoints/{id}", "get"),
+            ("/v1/webhook_endpoints/{id}", "post"),
+            ("/v1/webhook_endpoints/{id}", "delete"),
+            ("/v1/webhook_endpoints/{id}/rotate_secret", "post"),
+            ("/v1/webhook_events", "get"),
+            ("/v1/webhook_events/{id}", "get"),
+            ("/v1/webhook_events/{id}/replay", "post"),
+        ] {
+            let op = &doc["paths"][path][method];
+            assert!(op.is_object(), "{method} {path} documented");
+            assert_eq!(op["security"], json!([{"api_key": []}]), "{method} {path}");
+            for status in ["400", "401", "403"] {
+                assert!(
+                    op["responses"][status].is_object(),
+                    "{method} {path} documents {status}"
+                );
+            }
+            let has_key = op["parameters"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
+            assert_eq!(
+                has_key,
+                method == "post",
+                "{method} {path}: Idempotency-Key"
+            );
+        }
+        let catalogue = &doc["components"]["schemas"]["WebhookEventType"]["enum"];
+        for t in processor_types
+            .iter()
+            .chain(&["payment.succeeded", "ledger.entry_posted"])
+        {
+            assert!(
+                catalogue.as_array().unwrap().contains(&json!(t)),
+                "{catalogue}"
+            );
+        }
+        assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+        let shown = admin.get(&path).await.unwrap().body;
+        assert_eq!(keys_of(&shown), schema_properties(&doc, "WebhookEndpoint"));
+        let ev = admin
+            .get(&format!("/v1/webhook_events/{event}"))
+            .await
+            .unwrap()
+            .body;
+        assert_eq!(keys_of(&ev), schema_properties(&doc, "WebhookEvent"));
+        assert_eq!(
+            keys_of(&ev["deliveries"][0]),
+            schema_properties(&doc, "WebhookDelivery")
+        );
+        app
+    }
+);

@@ -19,6 +19,14 @@
 //! 4. **The ledger's side**: our succeeded Stripe payments and refunds, and our posted payouts,
 //!    that Stripe did not list.
 //!
+//! **A window** (`carebill reconcile --since 2026-01-01`, [`run_since`]): steps 2 and 3 ask
+//! Stripe only for objects created at or after `since` (its `created[gte]` list filter), and
+//! step 4 looks only at our payments and refunds recorded at or after it (each is recorded
+//! before Stripe is called, so Stripe's object is never older than ours). A payout we booked in
+//! the window that the windowed list lacks is asked for by id: one Stripe created before the
+//! window (booked late) is not a mismatch; one Stripe does not know is `missing_in_stripe`.
+//! Step 1 and the default run (no window: every page of both lists) are unchanged.
+//!
 //! Mismatches are reported, never "fixed": `missing_in_ledger` (Stripe moved money we have no
 //! final record of), `missing_in_stripe` (we booked money Stripe does not show) and
 //! `amount_differs`. `carebill reconcile` prints them as a table (or `--json`) and exits 1 when
@@ -39,6 +47,7 @@ use crate::ledger::accounts::{account_id, Code};
 use crate::ledger::posting::{self, EntryKind, NewEntry, References};
 use crate::money::{Currency, Money};
 use crate::processor::{ChargeOutcome, ChargeRequest, PaymentProcessor};
+use crate::webhooks::outbox::{self, EventType};
 
 /// Stripe keeps an idempotency key at least 24 hours; a lost charge is re-asked with its key
 /// only well inside that.
@@ -70,6 +79,9 @@ pub struct Mismatch {
 /// What one run did and found.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// The window's start (RFC 3339), when the run had one (`--since`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
     pub balance_transactions_seen: usize,
     pub payouts_seen: usize,
     pub fees_posted: usize,
@@ -106,6 +118,9 @@ impl Report {
                 ));
             }
         }
+        if let Some(since) = &self.since {
+            out.push_str(&format!("window: Stripe objects created since {since}\n"));
+        }
         out.push_str(&format!(
             "balance transactions {} · payouts {} · fees posted {} · payouts posted {} · \
              payments settled {} · still processing {} · mismatches {}\n",
@@ -121,21 +136,68 @@ impl Report {
     }
 }
 
-/// One run against the Stripe account `config` names.
+/// One run against the Stripe account `config` names, over everything.
 pub async fn run(db: &Db, config: &Config) -> anyhow::Result<Report> {
+    run_since(db, config, None).await
+}
+
+/// One run; with `since_us` (epoch microseconds), only over Stripe's objects created at or
+/// after it and our records made at or after it (see the module's *A window*).
+pub async fn run_since(db: &Db, config: &Config, since_us: Option<i64>) -> anyhow::Result<Report> {
     let stripe = StripeProcessor::from_config(config)?.ok_or_else(|| {
         anyhow::anyhow!("reconciliation needs Stripe: set STRIPE_API_KEY (and STRIPE_API_BASE)")
     })?;
-    reconcile(db, &stripe).await
+    reconcile_since(db, &stripe, since_us).await
 }
 
 pub async fn reconcile(db: &Db, stripe: &StripeProcessor) -> anyhow::Result<Report> {
-    let mut report = Report::default();
+    reconcile_since(db, stripe, None).await
+}
+
+pub async fn reconcile_since(
+    db: &Db,
+    stripe: &StripeProcessor,
+    since_us: Option<i64>,
+) -> anyhow::Result<Report> {
+    let mut report = Report {
+        since: since_us.map(crate::db::us_to_rfc3339),
+        ..Report::default()
+    };
     settle_in_flight(db, stripe, &mut report).await?;
-    let payouts_seen = payouts(db, stripe.client(), &mut report).await?;
-    let seen = balance_transactions(db, stripe.client(), &mut report).await?;
-    ledger_side(db, &seen, &payouts_seen, &mut report).await?;
+    let payouts_seen = payouts(db, stripe.client(), since_us, &mut report).await?;
+    let seen = balance_transactions(db, stripe.client(), since_us, &mut report).await?;
+    ledger_side(
+        db,
+        stripe.client(),
+        since_us,
+        &seen,
+        &payouts_seen,
+        &mut report,
+    )
+    .await?;
     Ok(report)
+}
+
+/// Parses `--since`: an RFC 3339 timestamp or a date (its midnight UTC), not in the future.
+/// The error names the option.
+pub fn parse_since(value: &str, now_us: i64) -> anyhow::Result<i64> {
+    let since = crate::api::timestamp_field("since", value.trim()).map_err(|_| {
+        anyhow::anyhow!(
+            "--since: must be an RFC 3339 timestamp (2026-01-31T00:00:00Z) or a date (2026-01-31)"
+        )
+    })?;
+    anyhow::ensure!(since >= 0, "--since: must not be before 1970-01-01");
+    anyhow::ensure!(since <= now_us, "--since: must not be in the future");
+    Ok(since)
+}
+
+/// Stripe's list filter for a window: `created[gte]`, whole seconds (rounded down, so the
+/// window's first second is included).
+fn created_filter(since_us: Option<i64>) -> Vec<(&'static str, String)> {
+    since_us
+        .map(|us| ("created[gte]", us.div_euclid(1_000_000).to_string()))
+        .into_iter()
+        .collect()
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -290,9 +352,10 @@ async fn settle_in_flight(
 async fn payouts(
     db: &Db,
     client: &StripeClient,
+    since_us: Option<i64>,
     report: &mut Report,
 ) -> anyhow::Result<HashSet<String>> {
-    let list = list_all(client, "/v1/payouts", &[]).await?;
+    let list = list_all(client, "/v1/payouts", &created_filter(since_us)).await?;
     report.payouts_seen = list.len();
     let mut seen = HashSet::new();
     for p in list {
@@ -369,14 +432,12 @@ struct Seen {
 async fn balance_transactions(
     db: &Db,
     client: &StripeClient,
+    since_us: Option<i64>,
     report: &mut Report,
 ) -> anyhow::Result<Seen> {
-    let list = list_all(
-        client,
-        "/v1/balance_transactions",
-        &[("expand[]", "data.source".to_owned())],
-    )
-    .await?;
+    let mut query = vec![("expand[]", "data.source".to_owned())];
+    query.extend(created_filter(since_us));
+    let list = list_all(client, "/v1/balance_transactions", &query).await?;
     report.balance_transactions_seen = list.len();
     let mut seen = Seen::default();
     // A charge's amount per intent, summed (a retried intent may have several charges).
@@ -584,7 +645,17 @@ async fn post_fee(tx: &mut Tx, backend: Backend, txn: &str, fee: Money) -> ApiRe
     .bind(now_us())
     .execute(&mut **tx)
     .await?;
+    let entry_id = entry.id.clone();
     posting::post(tx, backend, entry).await?;
+    // The outbox, in the fee's own transaction: once per balance transaction, like the entry.
+    let data = serde_json::json!({
+        "object": "processor_fee",
+        "balance_transaction": txn,
+        "amount": fee.amount_minor(),
+        "currency": currency.code(),
+        "journal_entry": entry_id.as_str(),
+    });
+    outbox::emit(tx, EventType::ProcessorFeePosted, data).await?;
     Ok(FeeOutcome::Posted)
 }
 
@@ -592,14 +663,20 @@ async fn post_fee(tx: &mut Tx, backend: Backend, txn: &str, fee: Money) -> ApiRe
 /// payments made with the simulator before Stripe was configured are not Stripe's.
 async fn ledger_side(
     db: &Db,
+    client: &StripeClient,
+    since_us: Option<i64>,
     seen: &Seen,
     payouts: &HashSet<String>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    // Without a window every record counts (the bound is below any timestamp).
+    let from_us = since_us.unwrap_or(i64::MIN);
     let rows = sqlx::query(
         "SELECT id, currency, amount_minor, processor_charge_id FROM payments \
-         WHERE status = 'succeeded' AND processor_charge_id LIKE 'pi\\_%' ESCAPE '\\' ORDER BY seq",
+         WHERE status = 'succeeded' AND processor_charge_id LIKE 'pi\\_%' ESCAPE '\\' \
+         AND created_at_us >= $1 ORDER BY seq",
     )
+    .bind(from_us)
     .fetch_all(&db.pool)
     .await?;
     for r in rows {
@@ -620,8 +697,10 @@ async fn ledger_side(
     }
     let rows = sqlx::query(
         "SELECT id, currency, amount_minor, processor_refund_id FROM refunds \
-         WHERE status = 'succeeded' AND processor_refund_id LIKE 're\\_%' ESCAPE '\\' ORDER BY seq",
+         WHERE status = 'succeeded' AND processor_refund_id LIKE 're\\_%' ESCAPE '\\' \
+         AND created_at_us >= $1 ORDER BY seq",
     )
+    .bind(from_us)
     .fetch_all(&db.pool)
     .await?;
     for r in rows {
@@ -640,16 +719,30 @@ async fn ledger_side(
         }
     }
     let rows = sqlx::query(
-        "SELECT processor_payout_id, currency, amount_minor FROM processor_payouts ORDER BY processor_payout_id",
+        "SELECT processor_payout_id, currency, amount_minor FROM processor_payouts \
+         WHERE created_at_us >= $1 ORDER BY processor_payout_id",
     )
+    .bind(from_us)
     .fetch_all(&db.pool)
     .await?;
     let mut missing: HashMap<String, (String, i64)> = HashMap::new();
     for r in rows {
         let id: String = r.try_get("processor_payout_id")?;
-        if !payouts.contains(&id) {
-            missing.insert(id, (r.try_get("currency")?, r.try_get("amount_minor")?));
+        if payouts.contains(&id) {
+            continue;
         }
+        if let Some(since_us) = since_us {
+            // Booked in the window, but Stripe may have created it before (a payout is
+            // booked when it is paid, days after it is created): ask for it by id.
+            let path = format!("/v1/payouts/{id}");
+            if let Some(p) = client.get(&path, &[]).await.map_err(stripe_err)? {
+                let created = p.get("created").and_then(Value::as_i64);
+                if created.is_some_and(|c| c < since_us.div_euclid(1_000_000)) {
+                    continue; // outside the window: not this run's to judge
+                }
+            }
+        }
+        missing.insert(id, (r.try_get("currency")?, r.try_get("amount_minor")?));
     }
     let mut missing: Vec<_> = missing.into_iter().collect();
     missing.sort();
@@ -694,4 +787,39 @@ pub fn spawn_periodic(db: Db, config: std::sync::Arc<Config>, interval: std::tim
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn since_takes_a_time_or_a_date_and_names_itself_when_refused() {
+        let now = 1_800_000_000_000_000; // 2027-01-15
+        assert_eq!(
+            parse_since("2026-01-31", now).unwrap(),
+            1_769_817_600_000_000
+        );
+        assert_eq!(
+            parse_since("2026-01-31T01:00:00+01:00", now).unwrap(),
+            1_769_817_600_000_000
+        );
+        assert_eq!(
+            created_filter(Some(1_769_817_600_999_999)),
+            vec![("created[gte]", "1769817600".to_owned())]
+        );
+        assert!(created_filter(None).is_empty());
+        for bad in [
+            "",
+            "yesterday",
+            "2026-02-30",
+            "31/01/2026",
+            "1969-12-31",
+            "2027-02-01",
+        ] {
+            let e = parse_since(bad, now).unwrap_err().to_string();
+            assert!(e.starts_with("--since: "), "{bad}: {e}");
+        }
+    }
 }

@@ -23,6 +23,11 @@
 //! | `charge.dispute.created` | Dr 1100 Disputed funds / Cr 1010 clearing |
 //! | `charge.dispute.closed` | won: Dr clearing / Cr disputed; lost: Dr 5100 Write-offs / Cr disputed |
 //! | `payout.paid` | Dr 1000 Bank / Cr 1010 clearing (once per payout, shared with the reconciler) |
+//!
+//! Each dispute step and each payout also writes an outbound event into the outbox in the same
+//! transaction (`dispute.created`, `dispute.won`, `dispute.lost`, `payout.paid`: ids, amounts,
+//! currency, status), so it is emitted exactly when, and as often as, the ledger effect: a
+//! duplicate Stripe event changes nothing and emits nothing.
 //! | anything else | acknowledged (200) and ignored |
 //!
 //! An event about an object that is not ours (no payment or refund matches) is acknowledged
@@ -37,7 +42,7 @@ use sqlx::Row;
 
 use super::processor::{intent_outcome, is_object_id, refund_outcome};
 use super::signature::{self, SignatureError};
-use crate::db::{now_us, Backend, Tx};
+use crate::db::{now_us, us_to_rfc3339, Backend, Tx};
 use crate::error::{ApiError, ApiResult, ErrorType};
 use crate::identity::events::{self as security, Kind};
 use crate::ids::{PaymentId, RefundId};
@@ -45,6 +50,7 @@ use crate::ledger::accounts::{account_id, Code};
 use crate::ledger::posting::{self, EntryKind, NewEntry, References};
 use crate::money::{Currency, Money};
 use crate::processor::{ChargeOutcome, RefundOutcome};
+use crate::webhooks::outbox::{self, EventType};
 use crate::AppState;
 
 /// Largest event body read (Stripe's events are a few KiB).
@@ -454,6 +460,7 @@ async fn dispute_event(tx: &mut Tx, backend: Backend, event: &Event) -> ApiResul
             .execute(&mut **tx)
             .await?;
             posting::post(tx, backend, entry).await?;
+            dispute_outbox(tx, EventType::DisputeCreated, dispute_id).await?; // outbox: same transaction
             applied = true;
             "open".to_owned()
         }
@@ -482,12 +489,45 @@ async fn dispute_event(tx: &mut Tx, backend: Backend, event: &Event) -> ApiResul
                 .execute(&mut **tx)
                 .await?;
             posting::post(tx, backend, entry).await?;
+            let kind = if won {
+                EventType::DisputeWon
+            } else {
+                EventType::DisputeLost
+            };
+            dispute_outbox(tx, kind, dispute_id).await?; // outbox: same transaction
             applied = true;
             status = word.to_owned();
         }
     }
     tracing::debug!(dispute = dispute_id, status, "dispute");
     Ok(if applied { "applied" } else { "noop" })
+}
+
+/// `dispute.created` / `dispute.won` / `dispute.lost` for the dispute as `tx` now sees it: ids,
+/// amount, currency, status and the entries; never Stripe's free-text evidence or reason.
+async fn dispute_outbox(tx: &mut Tx, kind: EventType, dispute_id: &str) -> ApiResult<()> {
+    let r = sqlx::query(
+        "SELECT d.processor_dispute_id, d.payment_id, d.currency, d.amount_minor, d.status, \
+         d.opened_entry_id, d.closed_entry_id, d.created_at_us, p.patient_id, p.invoice_id \
+         FROM disputes d JOIN payments p ON p.id = d.payment_id WHERE d.processor_dispute_id = $1",
+    )
+    .bind(dispute_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let data = json!({
+        "object": "dispute",
+        "id": r.try_get::<String, _>("processor_dispute_id")?,
+        "payment": r.try_get::<String, _>("payment_id")?,
+        "patient": r.try_get::<String, _>("patient_id")?,
+        "invoice": r.try_get::<Option<String>, _>("invoice_id")?,
+        "amount": r.try_get::<i64, _>("amount_minor")?,
+        "currency": r.try_get::<String, _>("currency")?,
+        "status": r.try_get::<String, _>("status")?,
+        "opened_entry": r.try_get::<String, _>("opened_entry_id")?,
+        "closed_entry": r.try_get::<Option<String>, _>("closed_entry_id")?,
+        "created": us_to_rfc3339(r.try_get("created_at_us")?),
+    });
+    outbox::emit(tx, kind, data).await.map(|_| ())
 }
 
 fn refs(payment: &crate::payments::PaymentRow) -> References {
@@ -537,10 +577,22 @@ pub async fn post_payout(
     .bind(currency.code())
     .bind(amount.amount_minor())
     .bind(entry.id.as_str())
-    .bind(arrival)
+    .bind(arrival.clone())
     .bind(now_us())
     .execute(&mut **tx)
     .await?;
+    let entry_id = entry.id.clone();
     posting::post(tx, backend, entry).await?;
+    // Accounting systems hear of it from the same transaction (the outbox), once: a second
+    // event or run for this payout returned above.
+    let data = json!({
+        "object": "payout",
+        "id": payout_id,
+        "amount": amount.amount_minor(),
+        "currency": currency.code(),
+        "arrival_date": arrival,
+        "journal_entry": entry_id.as_str(),
+    });
+    outbox::emit(tx, EventType::PayoutPaid, data).await?;
     Ok(true)
 }

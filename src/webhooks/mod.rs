@@ -1,5 +1,5 @@
-//! Outbound webhooks for accounting systems: what happened to payments, refunds, invoices and
-//! the ledger, pushed to registered HTTPS endpoints, signed per the Standard Webhooks
+//! Outbound webhooks for accounting systems: what happened to payments, refunds, invoices, the
+//! ledger, disputes, payouts and processor fees, pushed to registered HTTPS endpoints, signed per the Standard Webhooks
 //! specification so receivers can verify with its published libraries.
 //!
 //! # Layout

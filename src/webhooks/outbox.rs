@@ -34,10 +34,15 @@ pub enum EventType {
     InvoicePaid,
     InvoiceVoided,
     LedgerEntryPosted,
+    DisputeCreated,
+    DisputeWon,
+    DisputeLost,
+    PayoutPaid,
+    ProcessorFeePosted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 13] = [
         EventType::PaymentSucceeded,
         EventType::PaymentFailed,
         EventType::RefundSucceeded,
@@ -46,6 +51,11 @@ impl EventType {
         EventType::InvoicePaid,
         EventType::InvoiceVoided,
         EventType::LedgerEntryPosted,
+        EventType::DisputeCreated,
+        EventType::DisputeWon,
+        EventType::DisputeLost,
+        EventType::PayoutPaid,
+        EventType::ProcessorFeePosted,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -58,6 +68,11 @@ impl EventType {
             EventType::InvoicePaid => "invoice.paid",
             EventType::InvoiceVoided => "invoice.voided",
             EventType::LedgerEntryPosted => "ledger.entry_posted",
+            EventType::DisputeCreated => "dispute.created",
+            EventType::DisputeWon => "dispute.won",
+            EventType::DisputeLost => "dispute.lost",
+            EventType::PayoutPaid => "payout.paid",
+            EventType::ProcessorFeePosted => "processor_fee.posted",
         }
     }
 
