@@ -18,8 +18,10 @@
 //! - its balance transactions are not made by charges and refunds (only by hand, `charge` or
 //!   `refund` types, always with a zero fee), so `carebill reconcile` is tested against our fake;
 //! - it accepts only secret keys (`sk_…`), not the restricted key (`rk_…`) billing holds in
-//!   production, and it answers with API version 2017-08-15 objects (fields newer versions
-//!   always send are missing, which is one reason the adapter reads JSON, not typed structs);
+//!   production, and it answers with API version 2017-08-15 objects: fields newer versions
+//!   always send are missing, so async-stripe 1.0's typed PaymentIntent, Charge,
+//!   BalanceTransaction and Event refuse its answers (the exact fields: src/stripe/mod.rs, "Why
+//!   not async-stripe"), which is one reason the adapter reads JSON, not typed structs;
 //! - it signs webhooks with `t` = the event's creation time, so a delivery it retries late
 //!   would be stale by our tolerance (it does not retry).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
