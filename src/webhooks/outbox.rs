@@ -83,10 +83,11 @@ impl EventType {
 
 /// Writes the event `kind` with `data` and its deliveries, in `tx`. Returns the event id.
 ///
-/// Two statements whatever the number of endpoints: the event, then one pending delivery per
-/// enabled endpoint subscribed to `kind` (or to `*`), made by an `INSERT … SELECT`. Every event
-/// costs the change that causes it these two round trips and nothing else; `ledger.entry_posted`
-/// pays them while the ledger's commit sequence is locked, so nothing here reads back.
+/// One statement on PostgreSQL whatever the number of endpoints: the event, and one pending
+/// delivery per enabled endpoint subscribed to `kind` (or to `*`) by an `INSERT … SELECT`, in one
+/// data-modifying CTE (two statements on SQLite). Every event costs the change that causes it
+/// this one round trip and nothing else; `ledger.entry_posted` pays it while the ledger's commit
+/// sequence is locked, so nothing here reads back.
 ///
 /// A first delivery's id is derived from its event and endpoint (`whd_<event>e<endpoint seq>`),
 /// which the database can make in the same statement; it is unique because (event, endpoint)
@@ -102,33 +103,49 @@ pub async fn emit(tx: &mut Tx, kind: EventType, data: Value) -> ApiResult<Webhoo
         "data": data,
     })
     .to_string();
-    sqlx::query(
-        "INSERT INTO webhook_events (id, type, payload, created_at_us) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(id.as_str())
-    .bind(kind.as_str())
-    .bind(&payload)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
     let random_part = id
         .as_str()
         .strip_prefix(WebhookEventId::PREFIX)
         .ok_or_else(|| anyhow::anyhow!("webhook event id without its prefix"))?;
-    sqlx::query(
-        "INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, attempts, \
+    let delivery_prefix = format!("{}{random_part}e", WebhookDeliveryId::PREFIX);
+    // PostgreSQL takes both inserts in one statement (a data-modifying CTE; the deliveries'
+    // foreign key is checked at the statement's end, when the event exists). SQLite has no
+    // INSERT in a CTE and no round trip to save: it runs in-process.
+    let postgres = (**tx).backend_name() == "PostgreSQL";
+    if !postgres {
+        sqlx::query(
+            "INSERT INTO webhook_events (id, type, payload, created_at_us) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id.as_str())
+        .bind(kind.as_str())
+        .bind(&payload)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let event_cte = if postgres {
+        "WITH event AS (INSERT INTO webhook_events (id, type, payload, created_at_us) \
+         VALUES ($1, $2, $3, $4)) "
+    } else {
+        ""
+    };
+    let sql = format!(
+        "{event_cte}INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status, attempts, \
          next_attempt_at_us, created_at_us, updated_at_us) \
-         SELECT $1 || CAST(e.seq AS TEXT), $2, e.id, 'pending', 0, $3, $3, $3 \
+         SELECT $5 || CAST(e.seq AS TEXT), $1, e.id, 'pending', 0, $4, $4, $4 \
          FROM webhook_endpoints e WHERE e.status = 'enabled' AND EXISTS \
          (SELECT 1 FROM webhook_endpoint_events s WHERE s.endpoint_id = e.id \
-          AND s.event_type IN ($4, '*')) ORDER BY e.seq",
-    )
-    .bind(format!("{}{random_part}e", WebhookDeliveryId::PREFIX))
-    .bind(id.as_str())
-    .bind(now)
-    .bind(kind.as_str())
-    .execute(&mut **tx)
-    .await?;
+          AND s.event_type IN ($2, '*')) ORDER BY e.seq"
+    );
+    // SQLite: $3 is bound but unused by this statement (numbered parameters may skip).
+    sqlx::query(&sql)
+        .bind(id.as_str())
+        .bind(kind.as_str())
+        .bind(&payload)
+        .bind(now)
+        .bind(&delivery_prefix)
+        .execute(&mut **tx)
+        .await?;
     Ok(id)
 }
 
