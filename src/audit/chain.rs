@@ -157,9 +157,13 @@ pub(crate) fn seal_hash(prev: &str, seq: i64, kind: &str, fields: &[Option<Strin
 }
 
 /// The background sealer: every [`SEAL_EVERY`], seals what can be sealed in every chain.
+/// Ends when the pool is closed (the server shutting down, a bench or a test finishing).
 pub(crate) async fn sealer(db: Db) {
     loop {
         tokio::time::sleep(SEAL_EVERY).await;
+        if db.pool.is_closed() {
+            return;
+        }
         if let Err(e) = seal_once(&db).await {
             tracing::warn!(error = %e, "audit sealing pass failed; will retry");
         }
