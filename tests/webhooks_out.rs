@@ -541,6 +541,24 @@ both_backends!(
         let attempts = rx.captured().len();
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(rx.captured().len(), attempts, "no attempts while disabled");
+        // The automatic disabling is a security event, once, naming the endpoint.
+        let logged: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT actor, detail FROM security_events WHERE kind = 'webhook_endpoint_disabled' \
+             AND subject = $1",
+        )
+        .bind(&endpoint_id)
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(logged[0].0, "webhook-worker");
+        assert!(
+            logged[0]
+                .1
+                .as_deref()
+                .is_some_and(|d| d.starts_with("failing_since=")),
+            "{logged:?}"
+        );
         let states = delivery_states(&app, &endpoint_id).await;
         assert_eq!(
             states[0].1, "pending",

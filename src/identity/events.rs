@@ -49,6 +49,10 @@ pub enum Kind {
     /// A Stripe webhook whose signature was missing, malformed, stale or wrong (`detail` is the
     /// reason code): someone other than Stripe, or a misconfigured secret.
     WebhookSignatureRejected,
+    /// The delivery worker disabled an outbound webhook endpoint that had failed for
+    /// `webhooks.disable_after_seconds` (`subject` is the endpoint; `detail` when it began
+    /// failing): an accounting system stopped receiving events, which an auditor must see.
+    WebhookEndpointDisabled,
 }
 
 impl Kind {
@@ -85,6 +89,7 @@ impl Kind {
             Kind::KekRetired => "kek_retired",
             Kind::AuditPurged => "audit_purged",
             Kind::WebhookSignatureRejected => "webhook_signature_rejected",
+            Kind::WebhookEndpointDisabled => "webhook_endpoint_disabled",
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   jitter, so receivers coming back up are not hit by every sender at once; after the last
 //!   retry the delivery is `dead` (replayable by API).
 //! - **Automatic disabling.** An endpoint whose every attempt has failed for
-//!   `webhooks.disable_after_seconds` is disabled (`disabled_reason: failing`); its deliveries
+//!   `webhooks.disable_after_seconds` is disabled (`disabled_reason: failing`, and a
+//!   `webhook_endpoint_disabled` security event in the same transaction); its deliveries
 //!   wait, and re-enabling it sends them.
 //! - **Never in the request path.** Events are written by the request's own transaction; this
 //!   task reads them afterwards. A receiver that is slow or down costs the request nothing.
@@ -33,7 +34,8 @@ use super::config::WebhookSettings;
 use super::endpoints::SECRET_COLUMN;
 use super::{signing, target, SYS_WEBHOOKS};
 use crate::crypto::Field;
-use crate::db::now_us;
+use crate::db::{now_us, us_to_rfc3339};
+use crate::identity::events;
 use crate::AppState;
 
 /// Endpoints served per pass, at most (concurrently).
@@ -372,6 +374,26 @@ async fn record_failure(
     .bind(disable_before)
     .execute(&mut *tx)
     .await?;
+    if disabled.rows_affected() == 1 {
+        // In the same transaction: the endpoint is disabled exactly when the log says so.
+        let failing_since: Option<i64> =
+            sqlx::query_scalar("SELECT failing_since_us FROM webhook_endpoints WHERE id = $1")
+                .bind(endpoint)
+                .fetch_one(&mut *tx)
+                .await?;
+        let detail = failing_since.map(|us| format!("failing_since={}", us_to_rfc3339(us)));
+        events::record_in(
+            &mut tx,
+            events::Kind::WebhookEndpointDisabled,
+            events::Event {
+                actor: Some("webhook-worker"),
+                subject: Some(endpoint),
+                detail: detail.as_deref(),
+                ..events::Event::default()
+            },
+        )
+        .await?;
+    }
     tx.commit().await?;
     tracing::info!(
         endpoint,
