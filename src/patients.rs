@@ -748,8 +748,10 @@ pub async fn search_patients(
 /// name, date of birth, contact details, medical record number and invoice line texts become
 /// unreadable for good — in backups too, once the KEK versions those backups hold are
 /// rotated out. Their invoices, payments and ledger entries stay, amounts intact, under the
-/// patient id. Billing managers only; audited, and recorded as a security event. Answering
-/// again for an erased patient is not an error.
+/// patient id. The patient's portal accounts are disabled, signed out and lose their email
+/// (replaced by `erased+<user id>@invalid`), password, authenticator and federated identity;
+/// guest-pay sessions end. Billing managers only; audited, and recorded as a security event.
+/// Answering again for an erased patient is not an error.
 #[utoipa::path(delete, path = "/v1/patients/{id}/personal-data", tag = "patients", params(("id" = String, Path)),
     responses((status = 200, body = Patient), (status = 404, description = "No such patient")),
     security(("api_key" = [])))]
@@ -787,6 +789,49 @@ pub async fn erase_personal_data(
                 sqlx::query(
                     "UPDATE patients SET email_bidx = NULL, mrn_bidx = NULL, name_dob_bidx = NULL, \
                      access_code_sha256 = NULL, erased_at_us = $1, updated_at_us = $1 WHERE id = $2",
+                )
+                .bind(now)
+                .bind(id.as_str())
+                .execute(&mut **tx)
+                .await?;
+                // The patient's portal accounts: disabled, signed out everywhere, and stripped
+                // of what identifies the person (the sign-in email, the federated identity,
+                // the password and the authenticator seed). The rows stay, so the audit trail
+                // and security log still resolve the user id. Guest-pay sessions opened with
+                // the access code end too.
+                let accounts: Vec<String> = sqlx::query_scalar(
+                    "SELECT id FROM users WHERE patient_id = $1 ORDER BY id",
+                )
+                .bind(id.as_str())
+                .fetch_all(&mut **tx)
+                .await?;
+                for user in &accounts {
+                    sqlx::query(
+                        "UPDATE users SET status = 'disabled', email = $1, password_hash = NULL, \
+                         external_issuer = NULL, external_subject = NULL, totp_secret = NULL, \
+                         totp_last_step = NULL, mfa_enrolled_at_us = NULL, updated_at_us = $2 \
+                         WHERE id = $3",
+                    )
+                    .bind(format!("erased+{user}@invalid"))
+                    .bind(now)
+                    .bind(user)
+                    .execute(&mut **tx)
+                    .await?;
+                    events::record_in(
+                        tx,
+                        Kind::UserDisabled,
+                        Event {
+                            actor: Some(&actor),
+                            subject: Some(user),
+                            detail: Some("personal_data_erased"),
+                            ..Event::default()
+                        },
+                    )
+                    .await?;
+                }
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at_us = $1 WHERE revoked_at_us IS NULL AND \
+                     (guest_patient_id = $2 OR user_id IN (SELECT id FROM users WHERE patient_id = $2))",
                 )
                 .bind(now)
                 .bind(id.as_str())

@@ -306,6 +306,92 @@ both_backends!(
     }
 );
 
+// Goal: erasing a patient's personal data also ends their portal account: disabled, signed
+// out, and nothing that identifies the person left on the user row (email, password,
+// authenticator); their guest-pay session ends too. A security event names each account.
+both_backends!(
+    erasure_disables_the_patients_portal_account,
+    |app: TestApp| async move {
+        let inv = app.open_invoice("usd", 5000).await;
+        let me = inv["patient"].as_str().unwrap().to_owned();
+        let user = app
+            .admin
+            .create(
+                "/v1/users",
+                &json!({"email": "erase.me@example.org", "role": "patient", "password": STRONG, "patient": me}),
+            )
+            .await
+            .unwrap();
+        let user_id = user["id"].as_str().unwrap().to_owned();
+        let (_, s, _) = post_json(
+            &app,
+            "/v1/sessions",
+            None,
+            json!({"email": "erase.me@example.org", "password": STRONG}),
+        )
+        .await;
+        let token = s["token"].as_str().unwrap().to_owned();
+        assert_eq!(
+            get_with(&app, &format!("/v1/patients/{me}"), &token)
+                .await
+                .0,
+            200
+        );
+
+        let r = app
+            .admin
+            .http
+            .delete(format!("{}/v1/patients/{me}/personal-data", app.base))
+            .bearer_auth(&app.keys["billing_manager"])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+
+        // The session that was open is over, and the password no longer signs in.
+        assert_eq!(
+            get_with(&app, &format!("/v1/patients/{me}"), &token)
+                .await
+                .0,
+            401
+        );
+        let (status, _, _) = post_json(
+            &app,
+            "/v1/sessions",
+            None,
+            json!({"email": "erase.me@example.org", "password": STRONG}),
+        )
+        .await;
+        assert_eq!(status, 401);
+        // Nothing on the row identifies the person any more.
+        let (status_col, email, hash): (String, String, Option<String>) =
+            sqlx::query_as("SELECT status, email, password_hash FROM users WHERE id = $1")
+                .bind(&user_id)
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(status_col, "disabled");
+        assert_eq!(email, format!("erased+{user_id}@invalid"));
+        assert!(hash.is_none());
+        let clear: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE email LIKE '%erase.me%'")
+                .fetch_one(&app.db.pool)
+                .await
+                .unwrap();
+        assert_eq!(clear, 0);
+        let logged: Vec<(String, String)> = sqlx::query_as(
+            "SELECT actor, detail FROM security_events WHERE kind = 'user_disabled' AND subject = $1",
+        )
+        .bind(&user_id)
+        .fetch_all(&app.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(logged.len(), 1, "{logged:?}");
+        assert_eq!(logged[0].1, "personal_data_erased");
+        app
+    }
+);
+
 both_backends!(
     patients_see_only_their_own_records,
     |app: TestApp| async move {
