@@ -306,6 +306,47 @@ both_backends!(
     }
 );
 
+// Goal: rotating an API key is one transaction: two rotations of the same key racing each
+// other yield exactly one live successor (the other answers 404), never two live keys.
+both_backends!(
+    concurrent_key_rotations_leave_one_successor,
+    |app: TestApp| async move {
+        let admin = app.as_role("admin");
+        let key = admin
+            .create(
+                "/v1/api_keys",
+                &json!({"name": "race", "scopes": ["ledger:read"]}),
+            )
+            .await
+            .unwrap();
+        let old = key["id"].as_str().unwrap().to_owned();
+        let path = format!("/v1/api_keys/{old}/rotate");
+        let empty = json!({});
+        let (a, b) = tokio::join!(
+            admin.post(&path, &empty, None),
+            admin.post(&path, &empty, None)
+        );
+        let mut statuses = [a.unwrap().status, b.unwrap().status];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 404]);
+        let live: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM api_keys WHERE rotated_from = $1 AND revoked_at_us IS NULL",
+        )
+        .bind(&old)
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+        assert_eq!(live, 1);
+        let all: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE rotated_from = $1")
+            .bind(&old)
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap();
+        assert_eq!(all, 1, "the losing rotation left no key behind");
+        app
+    }
+);
+
 // Goal: erasing a patient's personal data also ends their portal account: disabled, signed
 // out, and nothing that identifies the person left on the user row (email, password,
 // authenticator); their guest-pay session ends too. A security event names each account.

@@ -57,15 +57,18 @@ fn key_json(r: &sqlx::any::AnyRow) -> Result<Value, sqlx::Error> {
 const KEY_COLUMNS: &str =
     "id, name, role, scopes, created_at_us, expires_at_us, last_used_at_us, revoked_at_us";
 
-async fn insert(
-    state: &AppState,
+async fn insert<'c, E>(
+    executor: E,
     name: &str,
     role: Option<Role>,
     scopes: &str,
     expires: Option<i64>,
     rotated_from: Option<&str>,
     by: &str,
-) -> ApiResult<(ApiKeyId, String)> {
+) -> ApiResult<(ApiKeyId, String)>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     let id = ApiKeyId::generate();
     let secret = new_api_key_secret();
     sqlx::query(
@@ -81,7 +84,7 @@ async fn insert(
     .bind(rotated_from)
     .bind(by)
     .bind(now_us())
-    .execute(&state.db.pool)
+    .execute(executor)
     .await?;
     Ok((id, secret))
 }
@@ -143,7 +146,7 @@ async fn create_key(
         .collect::<Vec<_>>()
         .join(" ");
     let (id, secret) = insert(
-        &state,
+        &state.db.pool,
         &name,
         role,
         &scope_text,
@@ -237,32 +240,51 @@ async fn rotate_key(
     let scopes: String = row.try_get("scopes")?;
     let expires: Option<i64> = row.try_get("expires_at_us")?;
     let role = role.as_deref().and_then(Role::parse);
-    let (id, secret) = insert(
-        &state,
-        name.as_deref().unwrap_or("rotated key"),
-        role,
-        &scopes,
-        expires,
-        Some(old.as_str()),
-        principal.actor_id(),
-    )
-    .await?;
-    sqlx::query("UPDATE api_keys SET revoked_at_us = $1 WHERE id = $2 AND revoked_at_us IS NULL")
-        .bind(now_us())
-        .bind(old.as_str())
-        .execute(&state.db.pool)
+    let actor = principal.actor_id().to_owned();
+    // One transaction: the old key is revoked exactly when the new one exists. Revoking first,
+    // and only if still live, makes two concurrent rotations of one key yield one successor
+    // (the loser answers 404), never two live keys.
+    let (id, secret) = state
+        .db
+        .write(|tx| {
+            let (old, name, scopes, actor) =
+                (old.clone(), name.clone(), scopes.clone(), actor.clone());
+            Box::pin(async move {
+                let revoked = sqlx::query(
+                    "UPDATE api_keys SET revoked_at_us = $1 WHERE id = $2 AND revoked_at_us IS NULL",
+                )
+                .bind(now_us())
+                .bind(old.as_str())
+                .execute(&mut **tx)
+                .await?;
+                if revoked.rows_affected() != 1 {
+                    return Err(ApiError::not_found("id", "API key"));
+                }
+                let (id, secret) = insert(
+                    &mut **tx,
+                    name.as_deref().unwrap_or("rotated key"),
+                    role,
+                    &scopes,
+                    expires,
+                    Some(old.as_str()),
+                    &actor,
+                )
+                .await?;
+                events::record_in(
+                    tx,
+                    Kind::ApiKeyRotated,
+                    Event {
+                        actor: Some(&actor),
+                        subject: Some(id.as_str()),
+                        detail: Some(old.as_str()),
+                        ..Event::default()
+                    },
+                )
+                .await?;
+                Ok((id, secret))
+            })
+        })
         .await?;
-    events::record(
-        &state.db,
-        Kind::ApiKeyRotated,
-        Event {
-            actor: Some(principal.actor_id()),
-            subject: Some(id.as_str()),
-            detail: Some(old.as_str()),
-            ..Event::default()
-        },
-    )
-    .await?;
     let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"))
         .bind(id.as_str())
         .fetch_one(&state.db.pool)
