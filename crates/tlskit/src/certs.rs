@@ -98,7 +98,13 @@ struct Seen {
     refused: Option<Digest>,
     /// Whether the files being unreadable was already logged.
     unreadable_logged: bool,
+    /// The day (Unix days) the coming expiry was last warned about: once a day, not every check.
+    expiry_warned_day: Option<i64>,
 }
+
+/// How long before the chain's first expiry the watcher starts warning
+/// (`tls_certificate_expiring`, once a day; `tls_certificate_expired` once it has passed).
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
 
 /// A sound pair, ready for handshakes.
 struct Loaded {
@@ -107,6 +113,9 @@ struct Loaded {
     serial: String,
     /// The leaf's expiry (RFC 2822-like, UTC).
     not_after: String,
+    /// The earliest expiry in the chain (an intermediate may expire before the leaf), Unix
+    /// seconds.
+    chain_not_after_s: i64,
 }
 
 /// The digest of both files' bytes: what "changed" means.
@@ -156,6 +165,7 @@ fn check_pair(
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     let mut leaf = None;
+    let mut chain_not_after_s = i64::MAX;
     for (i, der) in chain.iter().enumerate() {
         let index = i.saturating_add(1);
         let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
@@ -180,6 +190,7 @@ fn check_pair(
                 not_after: validity.not_after.to_string(),
             });
         }
+        chain_not_after_s = chain_not_after_s.min(validity.not_after.timestamp());
         if leaf.is_none() {
             leaf = Some((
                 hex_serial(cert.raw_serial()),
@@ -220,6 +231,7 @@ fn check_pair(
         certified: Arc::new(certified),
         serial,
         not_after,
+        chain_not_after_s,
     })
 }
 
@@ -306,7 +318,8 @@ impl ReloadingCert {
             not_after = %loaded.not_after,
             "TLS certificate loaded"
         );
-        Ok(Arc::new(ReloadingCert {
+        let loaded_at = SystemTime::now();
+        let certs = Arc::new(ReloadingCert {
             name,
             provider,
             current: RwLock::new(Arc::new(loaded)),
@@ -314,9 +327,68 @@ impl ReloadingCert {
                 in_service: digest(&cert_pem, &key_pem),
                 refused: None,
                 unreadable_logged: false,
+                expiry_warned_day: None,
             }),
             paths,
-        }))
+        });
+        certs.warn_if_expiring(loaded_at);
+        Ok(certs)
+    }
+
+    /// How long until the first certificate of the chain in service expires (zero once it has).
+    pub fn expires_in(&self, now: SystemTime) -> Duration {
+        let now_s = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let left = self.loaded().chain_not_after_s.saturating_sub(now_s);
+        Duration::from_secs(u64::try_from(left).unwrap_or(0))
+    }
+
+    /// Warns, at most once a day, when the chain in service expires within [`EXPIRY_WARNING`]
+    /// (or has expired: handshakes then fail at every client). Nothing else renews it, so an
+    /// operator must see this before the day. Returns whether it warned.
+    pub fn warn_if_expiring(&self, now: SystemTime) -> bool {
+        let left = self.expires_in(now);
+        if left > EXPIRY_WARNING {
+            return false;
+        }
+        let day = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        {
+            let mut seen = match self.seen.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if seen.expiry_warned_day == Some(day) {
+                return false;
+            }
+            seen.expiry_warned_day = Some(day);
+        }
+        let loaded = self.loaded();
+        if left.is_zero() {
+            tracing::error!(
+                security_event = "tls_certificate_expired",
+                listener = self.name,
+                cert = %self.paths.cert.display(),
+                serial = %loaded.serial,
+                not_after = %loaded.not_after,
+                "the TLS certificate in service has expired: install a new one (it is reloaded without a restart)"
+            );
+        } else {
+            tracing::warn!(
+                security_event = "tls_certificate_expiring",
+                listener = self.name,
+                cert = %self.paths.cert.display(),
+                serial = %loaded.serial,
+                not_after = %loaded.not_after,
+                days_left = left.as_secs() / 86_400,
+                "the TLS certificate in service expires soon: install a new one (it is reloaded without a restart)"
+            );
+        }
+        true
     }
 
     pub fn paths(&self) -> &CertPaths {
@@ -434,8 +506,12 @@ impl ReloadingCert {
                     () = hup => {}
                 }
                 let certs = Arc::clone(&certs);
-                // File reads: off the async workers.
-                let _ = tokio::task::spawn_blocking(move || certs.check()).await;
+                // File reads: off the async workers. Then the expiry of whatever is in service.
+                let _ = tokio::task::spawn_blocking(move || {
+                    certs.check();
+                    certs.warn_if_expiring(SystemTime::now());
+                })
+                .await;
             }
         })
     }
@@ -523,6 +599,30 @@ mod tests {
         };
         let e = ReloadingCert::load("test", files(&garbage).paths).unwrap_err();
         assert_eq!(e.kind(), "no_certificate", "{e}");
+    }
+
+    #[test]
+    fn warns_of_a_coming_expiry_once_a_day() {
+        let ca = devcerts::Ca::new("tlskit test CA").unwrap();
+        let now = SystemTime::now();
+        let long = files(&ca.server_cert(&["localhost"]).unwrap());
+        let certs = ReloadingCert::load("test", long.paths.clone()).unwrap();
+        assert!(certs.expires_in(now) > EXPIRY_WARNING);
+        assert!(!certs.warn_if_expiring(now));
+
+        let short = ca
+            .server_cert_between(&["localhost"], now - days(1), now + days(10))
+            .unwrap();
+        let f = files(&short);
+        let certs = ReloadingCert::load("test", f.paths.clone()).unwrap();
+        let left = certs.expires_in(now);
+        assert!(left <= days(10) && left > days(9), "{left:?}");
+        // Once a day: the next day warns, then not again that day.
+        assert!(certs.warn_if_expiring(now + days(1)));
+        assert!(!certs.warn_if_expiring(now + days(1)));
+        // Past its expiry (still in service: nothing better was offered).
+        assert_eq!(certs.expires_in(now + days(11)), Duration::ZERO);
+        assert!(certs.warn_if_expiring(now + days(11)));
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! refused with a `tls_certificate_rejected` security event naming the file and the problem, and
 //! the previous pair stays in service. At start-up ([`ReloadingCert::load`]) the same problems
 //! are an error: the process refuses to start rather than serve a certificate clients reject.
+//! Nothing renews a certificate here, so the watcher also warns, once a day, from
+//! [`certs::EXPIRY_WARNING`] (30 days) before the chain in service expires.
 //!
 //! # Layout
 //! - [`certs`]: reading, checking and reloading the certificate and key.
