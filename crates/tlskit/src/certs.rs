@@ -118,6 +118,13 @@ struct Loaded {
     chain_not_after_s: i64,
 }
 
+/// Seconds since the Unix epoch (0 before it), comparable with x509 validity timestamps.
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// The digest of both files' bytes: what "changed" means.
 type Digest = [u8; 32];
 
@@ -160,10 +167,7 @@ fn check_pair(
             path: paths.cert.clone(),
         });
     }
-    let now_s = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
+    let now_s = unix_seconds(now);
     let mut leaf = None;
     let mut chain_not_after_s = i64::MAX;
     for (i, der) in chain.iter().enumerate() {
@@ -337,11 +341,10 @@ impl ReloadingCert {
 
     /// How long until the first certificate of the chain in service expires (zero once it has).
     pub fn expires_in(&self, now: SystemTime) -> Duration {
-        let now_s = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        let left = self.loaded().chain_not_after_s.saturating_sub(now_s);
+        let left = self
+            .loaded()
+            .chain_not_after_s
+            .saturating_sub(unix_seconds(now));
         Duration::from_secs(u64::try_from(left).unwrap_or(0))
     }
 
@@ -353,10 +356,7 @@ impl ReloadingCert {
         if left > EXPIRY_WARNING {
             return false;
         }
-        let day = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_secs() / 86_400).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let day = unix_seconds(now) / 86_400;
         {
             let mut seen = match self.seen.lock() {
                 Ok(guard) => guard,
