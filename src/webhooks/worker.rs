@@ -365,30 +365,26 @@ async fn record_failure(
             .unwrap_or(i64::MAX)
             .saturating_mul(1_000_000),
     );
-    let disabled = sqlx::query(
+    // Disabled now: when it began failing (never NULL here: the condition compared it).
+    let disabled: Option<i64> = sqlx::query_scalar(
         "UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = 'failing', updated_at_us = $1 \
-         WHERE id = $2 AND status = 'enabled' AND failing_since_us <= $3",
+         WHERE id = $2 AND status = 'enabled' AND failing_since_us <= $3 RETURNING failing_since_us",
     )
     .bind(now)
     .bind(endpoint)
     .bind(disable_before)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    if disabled.rows_affected() == 1 {
+    if let Some(failing_since) = disabled {
         // In the same transaction: the endpoint is disabled exactly when the log says so.
-        let failing_since: Option<i64> =
-            sqlx::query_scalar("SELECT failing_since_us FROM webhook_endpoints WHERE id = $1")
-                .bind(endpoint)
-                .fetch_one(&mut *tx)
-                .await?;
-        let detail = failing_since.map(|us| format!("failing_since={}", us_to_rfc3339(us)));
+        let detail = format!("failing_since={}", us_to_rfc3339(failing_since));
         events::record_in(
             &mut tx,
             events::Kind::WebhookEndpointDisabled,
             events::Event {
                 actor: Some("webhook-worker"),
                 subject: Some(endpoint),
-                detail: detail.as_deref(),
+                detail: Some(&detail),
                 ..events::Event::default()
             },
         )
@@ -404,7 +400,7 @@ async fn record_failure(
         dead = status == "dead",
         "webhook delivery failed"
     );
-    if disabled.rows_affected() == 1 {
+    if disabled.is_some() {
         tracing::warn!(endpoint, "webhook endpoint disabled: failing for too long");
     }
     Ok(status == "dead")
