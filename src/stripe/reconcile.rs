@@ -474,48 +474,23 @@ async fn balance_transactions(
                 } else {
                     intent.to_owned()
                 });
-                match row {
-                    Some(r) => {
-                        let our_id: String = r.try_get("id")?;
-                        let status: String = r.try_get("status")?;
-                        let our_amount: i64 = r.try_get("amount_minor")?;
-                        seen.payments.insert(our_id.clone());
-                        if status != "succeeded" {
-                            report.mismatches.push(Mismatch {
-                                kind: "missing_in_ledger",
-                                object: "payment",
-                                stripe_id,
-                                ours: Some(our_id),
-                                currency: currency.code().to_owned(),
-                                stripe_amount: Some(amount),
-                                ledger_amount: None,
-                                detail: format!("Stripe charged; our payment is {status}"),
-                            });
-                        } else if our_amount != amount {
-                            report.mismatches.push(Mismatch {
-                                kind: "amount_differs",
-                                object: "payment",
-                                stripe_id,
-                                ours: Some(our_id),
-                                currency: currency.code().to_owned(),
-                                stripe_amount: Some(amount),
-                                ledger_amount: Some(our_amount),
-                                detail: "charged amount differs".to_owned(),
-                            });
-                        }
-                    }
-                    None => report.mismatches.push(Mismatch {
-                        kind: "missing_in_ledger",
+                let found = compare(
+                    report,
+                    Compared {
                         object: "payment",
+                        verb: "charged",
+                        settled: &["succeeded"],
                         stripe_id,
-                        ours: None,
-                        currency: currency.code().to_owned(),
-                        stripe_amount: Some(amount),
-                        ledger_amount: None,
-                        detail: format!(
-                            "balance transaction {id}: a charge we have no payment for"
-                        ),
-                    }),
+                        currency,
+                        stripe_amount: amount,
+                        ours: row.as_ref().map(OurRecord::read).transpose()?,
+                        unknown: || {
+                            format!("balance transaction {id}: a charge we have no payment for")
+                        },
+                    },
+                );
+                if let Some(our_id) = found {
+                    seen.payments.insert(our_id);
                 }
             }
             "refund" | "payment_refund" => {
@@ -531,46 +506,24 @@ async fn balance_transactions(
                 .await?;
                 let stripe_amount = amount.checked_neg().unwrap_or(0);
                 let stripe_id = Some(if refund_id.is_empty() { id } else { refund_id }.to_owned());
-                match row {
-                    Some(r) => {
-                        let our_id: String = r.try_get("id")?;
-                        let status: String = r.try_get("status")?;
-                        let our_amount: i64 = r.try_get("amount_minor")?;
-                        seen.refunds.insert(our_id.clone());
-                        if status != "succeeded" && status != "pending" {
-                            report.mismatches.push(Mismatch {
-                                kind: "missing_in_ledger",
-                                object: "refund",
-                                stripe_id,
-                                ours: Some(our_id),
-                                currency: currency.code().to_owned(),
-                                stripe_amount: Some(stripe_amount),
-                                ledger_amount: None,
-                                detail: format!("Stripe refunded; our refund is {status}"),
-                            });
-                        } else if our_amount != stripe_amount {
-                            report.mismatches.push(Mismatch {
-                                kind: "amount_differs",
-                                object: "refund",
-                                stripe_id,
-                                ours: Some(our_id),
-                                currency: currency.code().to_owned(),
-                                stripe_amount: Some(stripe_amount),
-                                ledger_amount: Some(our_amount),
-                                detail: "refunded amount differs".to_owned(),
-                            });
-                        }
-                    }
-                    None => report.mismatches.push(Mismatch {
-                        kind: "missing_in_ledger",
+                let found = compare(
+                    report,
+                    Compared {
                         object: "refund",
+                        verb: "refunded",
+                        // A pending refund is one Stripe is still settling: not a mismatch.
+                        settled: &["succeeded", "pending"],
                         stripe_id,
-                        ours: None,
-                        currency: currency.code().to_owned(),
-                        stripe_amount: Some(stripe_amount),
-                        ledger_amount: None,
-                        detail: format!("balance transaction {id}: a refund we have no record of"),
-                    }),
+                        currency,
+                        stripe_amount,
+                        ours: row.as_ref().map(OurRecord::read).transpose()?,
+                        unknown: || {
+                            format!("balance transaction {id}: a refund we have no record of")
+                        },
+                    },
+                );
+                if let Some(our_id) = found {
+                    seen.refunds.insert(our_id);
                 }
             }
             // payouts are step 2's; adjustments, fees and the rest carry only their fee here
@@ -581,6 +534,76 @@ async fn balance_transactions(
 }
 
 /// Posts a fee once per balance transaction; reports a fee booked with another amount.
+/// Our payment or refund as the balance-transaction pass reads it.
+struct OurRecord {
+    id: String,
+    status: String,
+    amount: i64,
+}
+
+impl OurRecord {
+    fn read(r: &sqlx::any::AnyRow) -> Result<OurRecord, sqlx::Error> {
+        Ok(OurRecord {
+            id: r.try_get("id")?,
+            status: r.try_get("status")?,
+            amount: r.try_get("amount_minor")?,
+        })
+    }
+}
+
+/// One Stripe charge or refund against our record of it.
+struct Compared<'a, F> {
+    object: &'static str,
+    /// What Stripe did, for the detail: `charged`, `refunded`.
+    verb: &'static str,
+    /// Our statuses that agree with money having moved at Stripe.
+    settled: &'a [&'a str],
+    stripe_id: Option<String>,
+    currency: Currency,
+    stripe_amount: i64,
+    ours: Option<OurRecord>,
+    /// The detail when we have no record at all.
+    unknown: F,
+}
+
+/// Reports the mismatch, if any, between a Stripe charge or refund and our record (none: missing
+/// in the ledger; not settled: missing in the ledger; another amount: amount differs). Returns
+/// our id when we have the record.
+fn compare<F: FnOnce() -> String>(report: &mut Report, c: Compared<'_, F>) -> Option<String> {
+    let mismatch = |kind, ours, ledger_amount, detail| Mismatch {
+        kind,
+        object: c.object,
+        stripe_id: c.stripe_id.clone(),
+        ours,
+        currency: c.currency.code().to_owned(),
+        stripe_amount: Some(c.stripe_amount),
+        ledger_amount,
+        detail,
+    };
+    let Some(ours) = c.ours else {
+        report
+            .mismatches
+            .push(mismatch("missing_in_ledger", None, None, (c.unknown)()));
+        return None;
+    };
+    if !c.settled.contains(&ours.status.as_str()) {
+        report.mismatches.push(mismatch(
+            "missing_in_ledger",
+            Some(ours.id.clone()),
+            None,
+            format!("Stripe {}; our {} is {}", c.verb, c.object, ours.status),
+        ));
+    } else if ours.amount != c.stripe_amount {
+        report.mismatches.push(mismatch(
+            "amount_differs",
+            Some(ours.id.clone()),
+            Some(ours.amount),
+            format!("{} amount differs", c.verb),
+        ));
+    }
+    Some(ours.id)
+}
+
 async fn fee_once(db: &Db, txn: &str, fee: Money, report: &mut Report) -> anyhow::Result<()> {
     let backend = db.backend;
     let outcome = db
