@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +27,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::CertificateDer;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -67,26 +68,9 @@ pub async fn serve<E, F>(
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => tokio::select! {
-                    accepted = listener.accept() => accepted.map(|a| (a, permit)),
-                    () = &mut shutdown => break,
-                },
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
-        let ((tcp, remote), permit) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: wait a little rather than spin.
-                tracing::warn!(error = %e, listener = name, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((tcp, remote, permit)) =
+        accept_bounded(&listener, &slots, shutdown.as_mut(), name).await
+    {
         let acceptor = acceptor.clone();
         let app = app.clone();
         let per_connection = Arc::clone(&per_connection);
@@ -197,6 +181,36 @@ fn redirect(request: &Request<Incoming>, https_port: u16) -> Response<String> {
     response
 }
 
+/// Waits for a free connection slot, then for the next connection, until `shutdown` resolves
+/// (`None`). An accept error (out of file descriptors and the like) is logged and retried after
+/// a pause rather than in a spin.
+async fn accept_bounded<S: Future<Output = ()>>(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    mut shutdown: Pin<&mut S>,
+    name: &str,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    loop {
+        let accepted = tokio::select! {
+            permit = Arc::clone(slots).acquire_owned() => match permit {
+                Ok(permit) => tokio::select! {
+                    accepted = listener.accept() => accepted.map(|a| (a, permit)),
+                    () = shutdown.as_mut() => return None,
+                },
+                Err(_) => return None,
+            },
+            () = shutdown.as_mut() => return None,
+        };
+        match accepted {
+            Ok(((tcp, remote), permit)) => return Some((tcp, remote, permit)),
+            Err(e) => {
+                tracing::warn!(error = %e, listener = name, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Answers every plain-HTTP request on `listener` with a redirect to HTTPS on `https_port`,
 /// until `shutdown` resolves. Request bodies are never read.
 pub async fn serve_redirect(
@@ -206,25 +220,9 @@ pub async fn serve_redirect(
 ) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => tokio::select! {
-                    accepted = listener.accept() => accepted.map(|a| (a, permit)),
-                    () = &mut shutdown => return,
-                },
-                Err(_) => return,
-            },
-            () = &mut shutdown => return,
-        };
-        let ((tcp, _), permit) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, listener = "http_redirect", "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((tcp, _, permit)) =
+        accept_bounded(&listener, &slots, shutdown.as_mut(), "http_redirect").await
+    {
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
